@@ -1,0 +1,199 @@
+//! `cargo xtask <command>`: the project's chores in one place.
+//!
+//! - `up`    build what is missing, start devcluster + Jaeger, install the CRDs, apply the samples
+//! - `down`  stop everything `up` started
+//! - `test`  run every test, starting devcluster when needed (stopping it again afterwards)
+//! - `gen`   regenerate `deploy/crds/` (`--check` fails when the checked-in YAML is stale)
+//! - `build` only build the devcluster binaries
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use devcluster::{ClusterConfig, Layout, testing, toolchain};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "kubetemplater project chores")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build what is missing, start devcluster and Jaeger, install CRDs and apply the samples.
+    Up,
+    /// Stop everything `up` started (no process is left behind).
+    Down,
+    /// Run every test (unit, compatibility and end-to-end), starting devcluster when needed.
+    Test {
+        /// Run the end-to-end tests against this cluster instead of devcluster. Tests that need
+        /// kube-apiserver's audit log skip there and say so.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Extra arguments passed to `cargo test` (after `--`).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Regenerate the CRD YAML in deploy/crds/.
+    Gen {
+        /// Do not write; fail when the checked-in YAML differs from the types.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build the devcluster binaries (etcd, Kubernetes, Jaeger) into .local/bin.
+    Build,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
+        Cmd::Up => up().await.map(|()| ExitCode::SUCCESS),
+        Cmd::Down => down().map(|()| ExitCode::SUCCESS),
+        Cmd::Test { kubeconfig, cargo_args } => test(kubeconfig, cargo_args).await,
+        Cmd::Gen { check } => gen_crds(check).map(|()| ExitCode::SUCCESS),
+        Cmd::Build => {
+            toolchain::ensure_all_built(&Layout::shared())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn repo() -> PathBuf {
+    devcluster::layout::repo_root()
+}
+
+fn gen_crds(check: bool) -> Result<()> {
+    let dir = repo().join("deploy/crds");
+    if check {
+        api::check_crds(&dir).context("CRD YAML in deploy/crds is stale: run `cargo xtask gen` and commit it")?;
+        println!("deploy/crds is up to date");
+    } else {
+        for path in api::write_crds(&dir)? {
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn kubectl(kubeconfig: &Path) -> Command {
+    let mut cmd = Command::new(toolchain::binary_or_path(&Layout::shared(), "kubectl"));
+    cmd.env("KUBECONFIG", kubeconfig);
+    cmd
+}
+
+fn run_checked(mut cmd: Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Installs the CRDs (server-side apply), waits until they are Established, applies the samples.
+fn install(kubeconfig: &Path) -> Result<()> {
+    let root = repo();
+    let mut apply = kubectl(kubeconfig);
+    apply.args(["apply", "--server-side", "--field-manager=kubetemplater-install", "-f"]).arg(root.join("deploy/crds"));
+    run_checked(apply, "installing the CRDs")?;
+    let mut wait = kubectl(kubeconfig);
+    wait.args(["wait", "--for=condition=Established", "--timeout=60s", "-f"]).arg(root.join("deploy/crds"));
+    run_checked(wait, "waiting for the CRDs to be Established")?;
+    let mut samples = kubectl(kubeconfig);
+    samples.args(["apply", "--server-side", "--field-manager=kubetemplater-samples", "-f"]).arg(root.join("deploy/samples"));
+    run_checked(samples, "applying the samples")?;
+    Ok(())
+}
+
+async fn up() -> Result<()> {
+    let started = Instant::now();
+    let cluster = devcluster::start(&ClusterConfig::shared()).await?;
+    let e = &cluster.endpoints;
+    install(&e.kubeconfig)?;
+    let rel = |p: &Path| p.strip_prefix(repo()).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf());
+    println!();
+    println!(
+        "devcluster is {} ({:.0?}): Kubernetes {}",
+        if cluster.started_here { "up" } else { "already running" },
+        started.elapsed(),
+        e.kubernetes_version
+    );
+    println!("  kube-apiserver   {}", e.apiserver);
+    println!("  kubectl          export KUBECONFIG=$PWD/{}; .local/bin/kubectl get kubetemplates -A", rel(&e.kubeconfig).display());
+    println!("  identities       {}/<component>.kubeconfig", rel(&e.kubeconfigs).display());
+    if let Some(j) = &e.jaeger {
+        println!("  Jaeger UI/API    {}  (e.g. {}/api/services)", j.query, j.query);
+        println!("  OTLP             OTEL_EXPORTER_OTLP_ENDPOINT={} (gRPC), {} (HTTP)", j.otlp_grpc, j.otlp_http);
+    }
+    println!("  audit log        {}", rel(&e.audit_log).display());
+    println!("  logs             {}/", rel(&e.logs).display());
+    println!("  endpoints        {}", rel(&cluster.layout.endpoints_file()).display());
+    println!("  stop with        cargo xtask down");
+    Ok(())
+}
+
+fn down() -> Result<()> {
+    let layout = Layout::shared();
+    let running = devcluster::Endpoints::load(&layout)?;
+    devcluster::stop(&layout)?;
+    match running {
+        Some(e) => println!("stopped {} processes", e.processes.len() + e.components.len()),
+        None => println!("devcluster was not running"),
+    }
+    Ok(())
+}
+
+async fn test(kubeconfig: Option<PathBuf>, cargo_args: Vec<String>) -> Result<ExitCode> {
+    let layout = Layout::shared();
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(repo()).args(["test", "--workspace", "--all-targets"]);
+    // The kubectl-driven tests use devcluster's kubectl, also against an external cluster.
+    toolchain::ensure_built(&layout, toolchain::Tool::Kubernetes)?;
+    let mut started_here = None;
+    let admin_kubeconfig = match kubeconfig {
+        Some(path) => {
+            let path = std::fs::canonicalize(&path).with_context(|| format!("reading {}", path.display()))?;
+            cmd.env(testing::EXTERNAL_KUBECONFIG_ENV, &path);
+            path
+        }
+        None => {
+            cmd.env_remove(testing::EXTERNAL_KUBECONFIG_ENV);
+            let cluster = devcluster::start(&ClusterConfig::shared()).await?;
+            let path = cluster.endpoints.kubeconfig.clone();
+            if cluster.started_here {
+                started_here = Some(cluster);
+            }
+            path
+        }
+    };
+    install(&admin_kubeconfig)?;
+    cmd.args(&cargo_args);
+    let status = cmd.status().context("running cargo test")?;
+    // Test namespaces are deleted whether the tests passed or not.
+    let mut sweep = kubectl(&admin_kubeconfig);
+    sweep.args(["delete", "namespace", "-l", &format!("{}=true", testing::TEST_NAMESPACE_LABEL), "--wait=false"]);
+    let _ = sweep.stdout(std::process::Stdio::null()).status();
+    if let Some(cluster) = started_here {
+        cluster.stop()?;
+    }
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
