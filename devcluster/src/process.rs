@@ -48,26 +48,47 @@ impl ProcessRecord {
         }
     }
 
-    /// Stops the process group: SIGTERM, then SIGKILL after `grace`. Waits until it is gone.
+    /// Stops the process group: SIGTERM, then SIGKILL after `grace`. Waits until no process of
+    /// the group is left running.
     pub fn stop(&self, grace: Duration) {
-        if !self.is_alive() {
+        // Only signal a group we started: the leader must still be our program, or (leader gone)
+        // the group must still have members.
+        if !self.is_alive() && group_members(self.pid).is_empty() {
             return;
         }
         let group = Pid::from_raw(self.pid as i32);
         let _ = killpg(group, Signal::SIGTERM);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
-            if !self.is_alive() {
+            if group_members(self.pid).is_empty() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = killpg(group, Signal::SIGKILL);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.is_alive() && Instant::now() < deadline {
+        while !group_members(self.pid).is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Pids of the running (not zombie) processes in process group `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            // After the parenthesised command name: state, ppid, pgrp, ...
+            let (_, rest) = stat.rsplit_once(')')?;
+            let mut fields = rest.split_whitespace();
+            let state = fields.next()?;
+            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
+            (pgrp == pgid && state != "Z" && state != "X").then_some(pid)
+        })
+        .collect()
 }
 
 /// A process being started: the child handle lets devcluster notice a crash during startup.
@@ -163,23 +184,12 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         started.check_running().unwrap();
         assert!(started.record.is_alive());
+        assert_eq!(group_members(started.record.pid).len(), 2, "the shell and its sleep");
         started.record.stop(Duration::from_secs(2));
         let _ = started.child.wait();
         assert!(!started.record.is_alive());
         // No `sleep 30` is left in the group.
-        let pgid = started.record.pid;
-        let leftovers = fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
-            .filter(|stat| {
-                // field 5 (after the parenthesised comm) is the process group
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(2).map(|g| g == pgid.to_string()))
-                    .unwrap_or(false)
-            })
-            .count();
-        assert_eq!(leftovers, 0);
+        assert_eq!(group_members(started.record.pid), Vec::<u32>::new());
     }
 
     #[test]

@@ -24,3 +24,17 @@ async fn private_cluster_starts_serves_and_stops_cleanly() {
         assert!(!p.is_alive(), "{} (pid {}) still running after stop", p.component, p.pid);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_cluster_with_jaeger_serves_the_query_api_on_loopback() {
+    let cluster = PrivateCluster::start(true).await.expect("private devcluster with Jaeger starts");
+    let jaeger = cluster.endpoints().jaeger.clone().expect("jaeger endpoints");
+    assert!(jaeger.query.starts_with("http://127.0.0.1:"));
+    let services: serde_json::Value =
+        reqwest::get(format!("{}/api/services", jaeger.query)).await.unwrap().json().await.unwrap();
+    assert!(services["data"].is_array() || services["data"].is_null(), "{services}");
+    let pids: Vec<_> = cluster.endpoints().processes.clone();
+    assert_eq!(pids.len(), 4);
+    drop(cluster);
+    assert!(pids.iter().all(|p| !p.is_alive()));
+}
