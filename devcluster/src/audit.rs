@@ -90,17 +90,29 @@ pub struct AuditEvent {
 impl AuditEvent {
     /// Whether the write succeeded (2xx).
     pub fn succeeded(&self) -> bool {
-        self.response_status.as_ref().is_some_and(|s| (200..300).contains(&s.code))
+        self.response_status
+            .as_ref()
+            .is_some_and(|s| (200..300).contains(&s.code))
     }
 
     /// `resource[/subresource] namespace/name`, for messages.
     pub fn describe(&self) -> String {
         match &self.object_ref {
             Some(o) => {
-                let sub = if o.subresource.is_empty() { String::new() } else { format!("/{}", o.subresource) };
-                format!("{} {}{} {}/{} by {}", self.verb, o.resource, sub, o.namespace, o.name, self.user.username)
+                let sub = if o.subresource.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{}", o.subresource)
+                };
+                format!(
+                    "{} {}{} {}/{} by {}",
+                    self.verb, o.resource, sub, o.namespace, o.name, self.user.username
+                )
             }
-            None => format!("{} {} by {}", self.verb, self.request_uri, self.user.username),
+            None => format!(
+                "{} {} by {}",
+                self.verb, self.request_uri, self.user.username
+            ),
         }
     }
 }
@@ -128,14 +140,17 @@ impl AuditLog {
 
     /// The current end of the log.
     pub fn cursor(&self) -> Result<Cursor> {
-        let len = std::fs::metadata(&self.path).map(|m| m.len()).map_err(Error::io("reading", &self.path))?;
+        let len = std::fs::metadata(&self.path)
+            .map(|m| m.len())
+            .map_err(Error::io("reading", &self.path))?;
         Ok(Cursor(len))
     }
 
     /// Every event written after `cursor` (complete lines only).
     pub fn read_since(&self, cursor: Cursor) -> Result<Vec<AuditEvent>> {
         let mut file = File::open(&self.path).map_err(Error::io("opening", &self.path))?;
-        file.seek(SeekFrom::Start(cursor.0)).map_err(Error::io("seeking in", &self.path))?;
+        file.seek(SeekFrom::Start(cursor.0))
+            .map_err(Error::io("seeking in", &self.path))?;
         let mut events = Vec::new();
         for (i, line) in BufReader::new(file).lines().enumerate() {
             let line = line.map_err(Error::io("reading", &self.path))?;
@@ -159,7 +174,11 @@ impl AuditLog {
 
     /// Successful writes after `cursor` by `username`.
     pub fn writes_by(&self, cursor: Cursor, username: &str) -> Result<Vec<AuditEvent>> {
-        Ok(self.read_since(cursor)?.into_iter().filter(|e| e.succeeded() && e.user.username == username).collect())
+        Ok(self
+            .read_since(cursor)?
+            .into_iter()
+            .filter(|e| e.succeeded() && e.user.username == username)
+            .collect())
     }
 
     /// Waits up to `timeout` for an event after `cursor` matching `pred`.
@@ -196,12 +215,17 @@ mod tests {
         let log = AuditLog::new(&path);
         let cursor = log.cursor().unwrap();
         assert!(log.read_since(cursor).unwrap().is_empty());
-        let denied = LINE.replace("\"code\":201", "\"code\":403").replace("\"a1\"", "\"a2\"");
+        let denied = LINE
+            .replace("\"code\":201", "\"code\":403")
+            .replace("\"a1\"", "\"a2\"");
         // A partial last line (still being written) is not an error.
         std::fs::write(&path, format!("{LINE}\n{LINE}\n{denied}\n{{\"kind\":\"Ev")).unwrap();
         let events = log.read_since(cursor).unwrap();
         assert_eq!(events.len(), 2);
-        assert_eq!(events[0].describe(), "create configmaps ns1/cm by kubetemplater:worker-0");
+        assert_eq!(
+            events[0].describe(),
+            "create configmaps ns1/cm by kubetemplater:worker-0"
+        );
         let writes = log.writes_by(cursor, "kubetemplater:worker-0").unwrap();
         assert_eq!(writes.len(), 1, "the 403 is not a write");
         assert!(events[0].stage_timestamp > events[0].request_received_timestamp);
@@ -212,7 +236,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         std::fs::write(&path, "not json at all\n").unwrap();
-        let err = AuditLog::new(&path).read_since(Cursor(0)).unwrap_err().to_string();
+        let err = AuditLog::new(&path)
+            .read_since(Cursor(0))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("audit.log"), "{err}");
     }
 }

@@ -105,11 +105,16 @@ impl Ports {
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(Error::io("binding", "127.0.0.1:0"))?;
-    listener.local_addr().map(|a| a.port()).map_err(Error::io("reading address of", "127.0.0.1:0"))
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(Error::io("reading address of", "127.0.0.1:0"))
 }
 
 fn ensure_port_free(component: &'static str, port: u16) -> Result<()> {
-    TcpListener::bind(("127.0.0.1", port)).map(drop).map_err(|_| Error::PortBusy { component, port })
+    TcpListener::bind(("127.0.0.1", port))
+        .map(drop)
+        .map_err(|_| Error::PortBusy { component, port })
 }
 
 /// How to start a control plane.
@@ -128,7 +133,12 @@ pub struct ClusterConfig {
 impl ClusterConfig {
     /// The shared cluster: `.local/`, well-known ports, with Jaeger.
     pub fn shared() -> Self {
-        Self { layout: Layout::shared(), ports: Ports::default(), jaeger: true, ready_timeout: Duration::from_secs(120) }
+        Self {
+            layout: Layout::shared(),
+            ports: Ports::default(),
+            jaeger: true,
+            ready_timeout: Duration::from_secs(120),
+        }
     }
 
     /// A private cluster in `dir` on free ports.
@@ -195,17 +205,26 @@ impl Endpoints {
         match fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text)
                 .map(Some)
-                .map_err(|e| Error::BadState { path, message: e.to_string() }),
+                .map_err(|e| Error::BadState {
+                    path,
+                    message: e.to_string(),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Io { action: "reading", path, source: e }),
+            Err(e) => Err(Error::Io {
+                action: "reading",
+                path,
+                source: e,
+            }),
         }
     }
 
     /// Writes `endpoints.json` into `layout`.
     pub fn save(&self, layout: &Layout) -> Result<()> {
         let path = layout.endpoints_file();
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::BadState { path: path.clone(), message: e.to_string() })?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::BadState {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         let tmp = path.with_extension("json.tmp");
         fs::write(&tmp, text).map_err(Error::io("writing", &tmp))?;
         fs::rename(&tmp, &path).map_err(Error::io("writing", &path))
@@ -221,9 +240,15 @@ impl Endpoints {
         if !self.processes_alive() {
             return false;
         }
-        let Ok(ca) = fs::read_to_string(&self.ca_cert) else { return false };
-        let Ok(token) = admin_token(&self.kubeconfig) else { return false };
-        let Ok(http) = https_client(&ca) else { return false };
+        let Ok(ca) = fs::read_to_string(&self.ca_cert) else {
+            return false;
+        };
+        let Ok(token) = admin_token(&self.kubeconfig) else {
+            return false;
+        };
+        let Ok(http) = https_client(&ca) else {
+            return false;
+        };
         probe_readyz(&http, &self.apiserver, &token).await.is_ok()
     }
 
@@ -245,15 +270,21 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
         action: action.clone(),
         source: Box::new(e),
     })?;
-    let config = kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(|e| Error::Kube { action: action.clone(), source: Box::new(e) })?;
+    let config =
+        kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| Error::Kube {
+                action: action.clone(),
+                source: Box::new(e),
+            })?;
     kube::Client::try_from(config).map_err(Error::kube(action))
 }
 
 fn admin_token(kubeconfig: &Path) -> Result<String> {
-    let config = kube::config::Kubeconfig::read_from(kubeconfig)
-        .map_err(|e| Error::BadState { path: kubeconfig.to_path_buf(), message: e.to_string() })?;
+    let config = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| Error::BadState {
+        path: kubeconfig.to_path_buf(),
+        message: e.to_string(),
+    })?;
     config
         .auth_infos
         .iter()
@@ -262,23 +293,40 @@ fn admin_token(kubeconfig: &Path) -> Result<String> {
             use secrecy::ExposeSecret;
             t.expose_secret().to_string()
         })
-        .ok_or_else(|| Error::BadState { path: kubeconfig.to_path_buf(), message: "no token in kubeconfig".into() })
+        .ok_or_else(|| Error::BadState {
+            path: kubeconfig.to_path_buf(),
+            message: "no token in kubeconfig".into(),
+        })
 }
 
 fn https_client(ca_pem: &str) -> Result<reqwest::Client> {
-    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
-        .map_err(|source| Error::Http { action: "parsing the devcluster CA", source })?;
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(|source| Error::Http {
+        action: "parsing the devcluster CA",
+        source,
+    })?;
     reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         .add_root_certificate(ca)
         .timeout(Duration::from_secs(5))
         .build()
-        .map_err(|source| Error::Http { action: "building an HTTPS client", source })
+        .map_err(|source| Error::Http {
+            action: "building an HTTPS client",
+            source,
+        })
 }
 
-async fn probe_readyz(http: &reqwest::Client, apiserver: &str, token: &str) -> std::result::Result<(), String> {
-    let resp = http.get(format!("{apiserver}/readyz")).bearer_auth(token).send().await.map_err(|e| e.to_string())?;
+async fn probe_readyz(
+    http: &reqwest::Client,
+    apiserver: &str,
+    token: &str,
+) -> std::result::Result<(), String> {
+    let resp = http
+        .get(format!("{apiserver}/readyz"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     let status = resp.status();
     if status.is_success() {
         Ok(())
@@ -291,7 +339,11 @@ async fn probe_readyz(http: &reqwest::Client, apiserver: &str, token: &str) -> s
 
 async fn probe_http(http: &reqwest::Client, url: &str) -> std::result::Result<(), String> {
     let resp = http.get(url).send().await.map_err(|e| e.to_string())?;
-    if resp.status().is_success() { Ok(()) } else { Err(format!("{url} answered {}", resp.status())) }
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("{url} answered {}", resp.status()))
+    }
 }
 
 /// A running control plane this process started (or found).
@@ -344,12 +396,20 @@ impl Drop for DirLock {
 /// stopped again.
 pub async fn start(config: &ClusterConfig) -> Result<Cluster> {
     let layout = &config.layout;
-    let tools: &[toolchain::Tool] = if config.jaeger { &toolchain::Tool::ALL } else { &toolchain::Tool::ALL[..2] };
+    let tools: &[toolchain::Tool] = if config.jaeger {
+        &toolchain::Tool::ALL
+    } else {
+        &toolchain::Tool::ALL[..2]
+    };
     toolchain::ensure_tools_built(layout, tools)?;
     let _lock = DirLock::acquire(layout)?;
     if let Some(existing) = Endpoints::load(layout)? {
         if existing.is_live().await {
-            return Ok(Cluster { layout: layout.clone(), endpoints: existing, started_here: false });
+            return Ok(Cluster {
+                layout: layout.clone(),
+                endpoints: existing,
+                started_here: false,
+            });
         }
         // A dead or half-dead cluster: clear it before starting afresh.
         stop_recorded(&existing);
@@ -359,7 +419,11 @@ pub async fn start(config: &ClusterConfig) -> Result<Cluster> {
     match start_fresh(config, &mut started).await {
         Ok(endpoints) => {
             endpoints.save(layout)?;
-            Ok(Cluster { layout: layout.clone(), endpoints, started_here: true })
+            Ok(Cluster {
+                layout: layout.clone(),
+                endpoints,
+                started_here: true,
+            })
         }
         Err(err) => {
             for s in started.iter().rev() {
@@ -392,9 +456,17 @@ async fn start_fresh(config: &ClusterConfig, started: &mut Vec<Started>) -> Resu
 
     // etcd
     let etcd_url = format!("http://127.0.0.1:{}", ports.etcd);
-    let mut etcd = process::spawn("etcd", &layout.bin("etcd"), &etcd_args(layout, &etcd_url), &layout.log("etcd"))?;
+    let mut etcd = process::spawn(
+        "etcd",
+        &layout.bin("etcd"),
+        &etcd_args(layout, &etcd_url),
+        &layout.log("etcd"),
+    )?;
     let etcd_health = format!("{etcd_url}/health");
-    let result = wait_ready(config, "etcd", &mut etcd, || probe_http(&http, &etcd_health)).await;
+    let result = wait_ready(config, "etcd", &mut etcd, || {
+        probe_http(&http, &etcd_health)
+    })
+    .await;
     started.push(etcd);
     result?;
 
@@ -403,15 +475,31 @@ async fn start_fresh(config: &ClusterConfig, started: &mut Vec<Started>) -> Resu
     let audit_policy = config_dir.join("audit-policy.yaml");
     fs::write(&audit_policy, AUDIT_POLICY).map_err(Error::io("writing", &audit_policy))?;
     let args = apiserver_args(layout, &pki, &etcd_url, ports.apiserver, &audit_policy);
-    let mut apiserver = process::spawn("kube-apiserver", &layout.bin("kube-apiserver"), &args, &layout.log("kube-apiserver"))?;
-    let admin = pki.identity("admin").map(|i| i.token.clone()).unwrap_or_default();
-    let result = wait_ready(config, "kube-apiserver", &mut apiserver, || probe_readyz(&http, &apiserver_url, &admin)).await;
+    let mut apiserver = process::spawn(
+        "kube-apiserver",
+        &layout.bin("kube-apiserver"),
+        &args,
+        &layout.log("kube-apiserver"),
+    )?;
+    let admin = pki
+        .identity("admin")
+        .map(|i| i.token.clone())
+        .unwrap_or_default();
+    let result = wait_ready(config, "kube-apiserver", &mut apiserver, || {
+        probe_readyz(&http, &apiserver_url, &admin)
+    })
+    .await;
     started.push(apiserver);
     result?;
 
     // kubeconfigs
     for identity in &pki.identities {
-        kubeconfig::write(&layout.kubeconfig_for(&identity.name), &apiserver_url, &ca_pem, identity)?;
+        kubeconfig::write(
+            &layout.kubeconfig_for(&identity.name),
+            &apiserver_url,
+            &ca_pem,
+            identity,
+        )?;
     }
     if let Some(admin) = pki.identity("admin") {
         kubeconfig::write(&layout.admin_kubeconfig(), &apiserver_url, &ca_pem, admin)?;
@@ -441,16 +529,28 @@ async fn start_fresh(config: &ClusterConfig, started: &mut Vec<Started>) -> Resu
     // Jaeger
     let jaeger = if config.jaeger {
         let jaeger_config = config_dir.join("jaeger.yaml");
-        fs::write(&jaeger_config, jaeger_config_yaml(&ports)).map_err(Error::io("writing", &jaeger_config))?;
+        fs::write(&jaeger_config, jaeger_config_yaml(&ports))
+            .map_err(Error::io("writing", &jaeger_config))?;
         let args = vec![format!("--config={}", jaeger_config.display())];
-        let mut jaeger = process::spawn("jaeger", &layout.bin("jaeger"), &args, &layout.log("jaeger"))?;
+        let mut jaeger = process::spawn(
+            "jaeger",
+            &layout.bin("jaeger"),
+            &args,
+            &layout.log("jaeger"),
+        )?;
         let query = format!("http://127.0.0.1:{}", ports.jaeger_query);
         let services = format!("{query}/api/services");
         let plain = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
-            .map_err(|source| Error::Http { action: "building an HTTP client", source })?;
-        let result = wait_ready(config, "jaeger", &mut jaeger, || probe_http(&plain, &services)).await;
+            .map_err(|source| Error::Http {
+                action: "building an HTTP client",
+                source,
+            })?;
+        let result = wait_ready(config, "jaeger", &mut jaeger, || {
+            probe_http(&plain, &services)
+        })
+        .await;
         started.push(jaeger);
         result?;
         Some(JaegerEndpoints {
@@ -480,7 +580,12 @@ async fn start_fresh(config: &ClusterConfig, started: &mut Vec<Started>) -> Resu
     })
 }
 
-async fn wait_ready<F, Fut>(config: &ClusterConfig, component: &'static str, process: &mut Started, probe: F) -> Result<()>
+async fn wait_ready<F, Fut>(
+    config: &ClusterConfig,
+    component: &'static str,
+    process: &mut Started,
+    probe: F,
+) -> Result<()>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<(), String>>,
@@ -520,7 +625,13 @@ fn etcd_args(layout: &Layout, url: &str) -> Vec<String> {
     ]
 }
 
-fn apiserver_args(layout: &Layout, pki: &Pki, etcd_url: &str, port: u16, audit_policy: &Path) -> Vec<String> {
+fn apiserver_args(
+    layout: &Layout,
+    pki: &Pki,
+    etcd_url: &str,
+    port: u16,
+    audit_policy: &Path,
+) -> Vec<String> {
     let p = |path: &Path| path.display().to_string();
     vec![
         format!("--etcd-servers={etcd_url}"),
@@ -554,13 +665,19 @@ fn apiserver_args(layout: &Layout, pki: &Pki, etcd_url: &str, port: u16, audit_p
 
 fn controller_manager_args(layout: &Layout, pki: &Pki) -> Vec<String> {
     vec![
-        format!("--kubeconfig={}", layout.kubeconfig_for("kube-controller-manager").display()),
+        format!(
+            "--kubeconfig={}",
+            layout.kubeconfig_for("kube-controller-manager").display()
+        ),
         format!("--controllers={}", CONTROLLERS.join(",")),
         "--leader-elect=false".into(),
         "--bind-address=127.0.0.1".into(),
         "--secure-port=0".into(),
         format!("--root-ca-file={}", pki.ca_cert.display()),
-        format!("--service-account-private-key-file={}", pki.sa_key.display()),
+        format!(
+            "--service-account-private-key-file={}",
+            pki.sa_key.display()
+        ),
         "--use-service-account-credentials=false".into(),
         "--kube-api-qps=200".into(),
         "--kube-api-burst=400".into(),
@@ -656,10 +773,18 @@ pub fn stop(layout: &Layout) -> Result<()> {
 }
 
 /// Records processes of our own components in the endpoints file, so `stop` ends them too.
-pub fn record_components(layout: &Layout, records: &[ProcessRecord], addresses: &[(String, String)]) -> Result<()> {
+pub fn record_components(
+    layout: &Layout,
+    records: &[ProcessRecord],
+    addresses: &[(String, String)],
+) -> Result<()> {
     let _lock = DirLock::acquire(layout)?;
-    let mut endpoints = Endpoints::load(layout)?.ok_or_else(|| Error::NotRunning { path: layout.endpoints_file() })?;
-    endpoints.components.retain(|c| c.is_alive() && !records.iter().any(|r| r.component == c.component));
+    let mut endpoints = Endpoints::load(layout)?.ok_or_else(|| Error::NotRunning {
+        path: layout.endpoints_file(),
+    })?;
+    endpoints
+        .components
+        .retain(|c| c.is_alive() && !records.iter().any(|r| r.component == c.component));
     endpoints.components.extend(records.iter().cloned());
     for (k, v) in addresses {
         endpoints.addresses.insert(k.clone(), v.clone());
@@ -680,14 +805,23 @@ mod tests {
     fn busy_port_is_named() {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
-        let err = ensure_port_free("kube-apiserver", port).unwrap_err().to_string();
-        assert!(err.contains(&port.to_string()) && err.contains("kube-apiserver"), "{err}");
+        let err = ensure_port_free("kube-apiserver", port)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&port.to_string()) && err.contains("kube-apiserver"),
+            "{err}"
+        );
     }
 
     #[test]
     fn free_ports_are_distinct() {
         let p = Ports::free().unwrap();
-        let all = p.claims(true).into_iter().map(|(_, port)| port).collect::<std::collections::HashSet<_>>();
+        let all = p
+            .claims(true)
+            .into_iter()
+            .map(|(_, port)| port)
+            .collect::<std::collections::HashSet<_>>();
         assert_eq!(all.len(), 7);
     }
 
@@ -724,6 +858,11 @@ mod tests {
         let back = Endpoints::load(&layout).unwrap().unwrap();
         assert_eq!(back.apiserver, e.apiserver);
         fs::write(layout.endpoints_file(), "{not json").unwrap();
-        assert!(Endpoints::load(&layout).unwrap_err().to_string().contains("endpoints.json"));
+        assert!(
+            Endpoints::load(&layout)
+                .unwrap_err()
+                .to_string()
+                .contains("endpoints.json")
+        );
     }
 }

@@ -21,7 +21,11 @@ pub fn render(server: &str, ca_pem: &str, identity: &Identity) -> Result<String>
         "preferences": {},
     });
     let mut out = Vec::new();
-    let _ = writeln!(out, "# devcluster kubeconfig for {} ({})", identity.name, identity.user);
+    let _ = writeln!(
+        out,
+        "# devcluster kubeconfig for {} ({})",
+        identity.name, identity.user
+    );
     serde_yaml::to_writer(&mut out, &doc).map_err(|e| Error::BadState {
         path: Path::new("kubeconfig").to_path_buf(),
         message: e.to_string(),
@@ -36,7 +40,8 @@ pub fn write(path: &Path, server: &str, ca_pem: &str, identity: &Identity) -> Re
         fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
     }
     fs::write(path, render(server, ca_pem, identity)?).map_err(Error::io("writing", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(Error::io("setting mode of", path))
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(Error::io("setting mode of", path))
 }
 
 #[cfg(test)]
@@ -51,9 +56,17 @@ mod tests {
             groups: vec![],
             token: "abc".into(),
         };
-        let text = render("https://127.0.0.1:6443", "-----BEGIN CERTIFICATE-----\n", &id).unwrap();
+        let text = render(
+            "https://127.0.0.1:6443",
+            "-----BEGIN CERTIFICATE-----\n",
+            &id,
+        )
+        .unwrap();
         let parsed = kube::config::Kubeconfig::from_yaml(&text).unwrap();
-        assert_eq!(parsed.current_context.as_deref(), Some("devcluster-worker-0"));
+        assert_eq!(
+            parsed.current_context.as_deref(),
+            Some("devcluster-worker-0")
+        );
         let user = parsed.auth_infos[0].auth_info.as_ref().unwrap();
         assert!(user.token.is_some());
     }

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 /// The repository root: devcluster lives one level below it.
 pub fn repo_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().map(Path::to_path_buf).unwrap_or_else(|| manifest.to_path_buf())
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| manifest.to_path_buf())
 }
 
 /// The Go modules that pin the tools (`devcluster/go/<tool>`).
@@ -32,7 +35,10 @@ pub struct Layout {
 impl Layout {
     /// A layout rooted at `root`, using the repository's shared `.local/bin` for binaries.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), bin: default_state_dir().join("bin") }
+        Self {
+            root: root.into(),
+            bin: default_state_dir().join("bin"),
+        }
     }
 
     /// The layout of the shared cluster (`<repo>/.local`).
@@ -86,7 +92,8 @@ impl Layout {
     }
     /// The kubeconfig of one identity.
     pub fn kubeconfig_for(&self, identity: &str) -> PathBuf {
-        self.kubeconfigs_dir().join(format!("{identity}.kubeconfig"))
+        self.kubeconfigs_dir()
+            .join(format!("{identity}.kubeconfig"))
     }
     /// Every address and pid of the running cluster.
     pub fn endpoints_file(&self) -> PathBuf {

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use rand::RngCore;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 
 use crate::error::{Error, Result};
@@ -38,13 +39,21 @@ pub const WORKER_IDENTITIES: usize = 16;
 /// groups and get only what RBAC grants those groups.
 pub fn identity_specs() -> Vec<(String, String, Vec<String>)> {
     let mut specs = vec![
-        ("admin".to_string(), "devcluster:admin".to_string(), vec!["system:masters".to_string()]),
+        (
+            "admin".to_string(),
+            "devcluster:admin".to_string(),
+            vec!["system:masters".to_string()],
+        ),
         (
             "kube-controller-manager".to_string(),
             "system:kube-controller-manager".to_string(),
             vec!["system:masters".to_string()],
         ),
-        ("kube-scheduler".to_string(), "system:kube-scheduler".to_string(), vec![]),
+        (
+            "kube-scheduler".to_string(),
+            "system:kube-scheduler".to_string(),
+            vec![],
+        ),
     ];
     let component = |name: String, group: &str| {
         let user = format!("kubetemplater:{name}");
@@ -118,9 +127,16 @@ pub fn ensure(dir: &Path) -> Result<Pki> {
         tokens: dir.join("tokens.csv"),
         identities: Vec::new(),
     };
-    let complete = [&pki.ca_cert, &pki.ca_key, &pki.server_cert, &pki.server_key, &pki.sa_key, &pki.sa_pub]
-        .iter()
-        .all(|p| p.exists());
+    let complete = [
+        &pki.ca_cert,
+        &pki.ca_key,
+        &pki.server_cert,
+        &pki.server_key,
+        &pki.sa_key,
+        &pki.sa_pub,
+    ]
+    .iter()
+    .all(|p| p.exists());
     if !complete {
         generate_certificates(&pki)?;
     }
@@ -130,12 +146,20 @@ pub fn ensure(dir: &Path) -> Result<Pki> {
 
 fn generate_certificates(pki: &Pki) -> Result<()> {
     let ca_key = KeyPair::generate().map_err(pki_err("CA key"))?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err("CA parameters"))?;
-    ca_params.distinguished_name.push(DnType::CommonName, "devcluster-ca");
+    let mut ca_params =
+        CertificateParams::new(Vec::<String>::new()).map_err(pki_err("CA parameters"))?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "devcluster-ca");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages =
-        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(pki_err("CA certificate"))?;
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .map_err(pki_err("CA certificate"))?;
     let issuer = Issuer::new(ca_params, &ca_key);
 
     let server_key = KeyPair::generate().map_err(pki_err("kube-apiserver key"))?;
@@ -149,13 +173,20 @@ fn generate_certificates(pki: &Pki) -> Result<()> {
         "kubernetes.default.svc.cluster.local",
         "10.0.0.1",
     ];
-    let mut server_params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .map_err(pki_err("kube-apiserver certificate parameters"))?;
-    server_params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    let mut server_params =
+        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .map_err(pki_err("kube-apiserver certificate parameters"))?;
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
     server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    let server_cert =
-        server_params.signed_by(&server_key, &issuer).map_err(pki_err("kube-apiserver certificate"))?;
+    server_params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    let server_cert = server_params
+        .signed_by(&server_key, &issuer)
+        .map_err(pki_err("kube-apiserver certificate"))?;
 
     let sa_key = KeyPair::generate().map_err(pki_err("service-account key"))?;
 
@@ -190,7 +221,12 @@ fn ensure_tokens(path: &Path) -> Result<Vec<Identity>> {
         let token = by_user.get(&user).cloned().unwrap_or_else(random_token);
         // token,user,uid,"group1,group2"
         text.push_str(&format!("{token},{user},{user},\"{}\"\n", groups.join(",")));
-        identities.push(Identity { name, user, groups, token });
+        identities.push(Identity {
+            name,
+            user,
+            groups,
+            token,
+        });
     }
     if text != existing {
         write(path, &text)?;
@@ -208,7 +244,11 @@ mod tests {
         let first = ensure(dir.path()).unwrap();
         let ca = fs::read_to_string(&first.ca_cert).unwrap();
         assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
-        assert!(fs::read_to_string(&first.sa_pub).unwrap().contains("PUBLIC KEY"));
+        assert!(
+            fs::read_to_string(&first.sa_pub)
+                .unwrap()
+                .contains("PUBLIC KEY")
+        );
         let second = ensure(dir.path()).unwrap();
         assert_eq!(ca, fs::read_to_string(&second.ca_cert).unwrap());
         assert_eq!(first.identities, second.identities);
@@ -222,7 +262,10 @@ mod tests {
         assert_eq!(text.lines().count(), identity_specs().len());
         let worker = pki.identity("worker-3").unwrap();
         assert_eq!(worker.user, "kubetemplater:worker-3");
-        assert!(text.contains(&format!("{},kubetemplater:worker-3,kubetemplater:worker-3,\"kubetemplater:workers\"", worker.token)));
+        assert!(text.contains(&format!(
+            "{},kubetemplater:worker-3,kubetemplater:worker-3,\"kubetemplater:workers\"",
+            worker.token
+        )));
         let users: std::collections::HashSet<_> = pki.identities.iter().map(|i| &i.token).collect();
         assert_eq!(users.len(), pki.identities.len(), "tokens are unique");
     }

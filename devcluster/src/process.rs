@@ -75,7 +75,9 @@ impl ProcessRecord {
 
 /// Pids of the running (not zombie) processes in process group `pgid`.
 pub fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -116,11 +118,20 @@ impl Started {
 }
 
 /// Starts `program` in its own process group, appending its output to `log`.
-pub fn spawn(component: &'static str, program: &Path, args: &[String], log: &Path) -> Result<Started> {
+pub fn spawn(
+    component: &'static str,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+) -> Result<Started> {
     if let Some(dir) = log.parent() {
         fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
     }
-    let out = OpenOptions::new().create(true).append(true).open(log).map_err(Error::io("opening", log))?;
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(Error::io("opening", log))?;
     let err = out.try_clone().map_err(Error::io("opening", log))?;
     let child = Command::new(program)
         .args(args)
@@ -129,7 +140,11 @@ pub fn spawn(component: &'static str, program: &Path, args: &[String], log: &Pat
         .stderr(Stdio::from(err))
         .process_group(0)
         .spawn()
-        .map_err(|source| Error::Spawn { component, program: program.to_path_buf(), source })?;
+        .map_err(|source| Error::Spawn {
+            component,
+            program: program.to_path_buf(),
+            source,
+        })?;
     Ok(Started {
         record: ProcessRecord {
             component: component.to_string(),
@@ -184,7 +199,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         started.check_running().unwrap();
         assert!(started.record.is_alive());
-        assert_eq!(group_members(started.record.pid).len(), 2, "the shell and its sleep");
+        assert_eq!(
+            group_members(started.record.pid).len(),
+            2,
+            "the shell and its sleep"
+        );
         started.record.stop(Duration::from_secs(2));
         let _ = started.child.wait();
         assert!(!started.record.is_alive());
@@ -196,8 +215,13 @@ mod tests {
     fn crash_during_start_is_reported_with_log_tail() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("crash.log");
-        let mut started =
-            spawn("crasher", Path::new("/bin/sh"), &["-c".into(), "echo boom-reason; exit 3".into()], &log).unwrap();
+        let mut started = spawn(
+            "crasher",
+            Path::new("/bin/sh"),
+            &["-c".into(), "echo boom-reason; exit 3".into()],
+            &log,
+        )
+        .unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let err = started.check_running().unwrap_err().to_string();
         assert!(err.contains("crasher exited"), "{err}");

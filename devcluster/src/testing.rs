@@ -50,10 +50,16 @@ pub async fn target() -> Result<Target> {
 
 async fn resolve() -> Result<Target> {
     if let Some(path) = std::env::var_os(EXTERNAL_KUBECONFIG_ENV).filter(|p| !p.is_empty()) {
-        return Ok(Target { kubeconfig: PathBuf::from(path), endpoints: None });
+        return Ok(Target {
+            kubeconfig: PathBuf::from(path),
+            endpoints: None,
+        });
     }
     let cluster = cluster::start(&ClusterConfig::shared()).await?;
-    Ok(Target { kubeconfig: cluster.endpoints.kubeconfig.clone(), endpoints: Some(cluster.endpoints) })
+    Ok(Target {
+        kubeconfig: cluster.endpoints.kubeconfig.clone(),
+        endpoints: Some(cluster.endpoints),
+    })
 }
 
 impl Target {
@@ -70,7 +76,9 @@ impl Target {
     /// A client acting as a component identity (devcluster only).
     pub async fn client_as(&self, identity: &str) -> Result<Option<kube::Client>> {
         match &self.endpoints {
-            Some(e) => client_from_kubeconfig(&e.kubeconfig_for(identity)).await.map(Some),
+            Some(e) => client_from_kubeconfig(&e.kubeconfig_for(identity))
+                .await
+                .map(Some),
             None => Ok(None),
         }
     }
@@ -80,7 +88,9 @@ impl Target {
         match &self.endpoints {
             Some(e) => Some(AuditLog::new(&e.audit_log)),
             None => {
-                eprintln!("SKIP {test}: needs kube-apiserver's audit log, which only devcluster exposes");
+                eprintln!(
+                    "SKIP {test}: needs kube-apiserver's audit log, which only devcluster exposes"
+                );
                 None
             }
         }
@@ -94,7 +104,10 @@ impl Target {
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                labels: Some(BTreeMap::from([(TEST_NAMESPACE_LABEL.to_string(), "true".to_string())])),
+                labels: Some(BTreeMap::from([(
+                    TEST_NAMESPACE_LABEL.to_string(),
+                    "true".to_string(),
+                )])),
                 ..ObjectMeta::default()
             },
             ..Namespace::default()
@@ -109,7 +122,10 @@ impl Target {
     /// Deletes a test namespace (asynchronously: the namespace controller empties it).
     pub async fn delete_namespace(&self, name: &str) -> Result<()> {
         let client = self.client().await?;
-        match kube::Api::<Namespace>::all(client).delete(name, &DeleteParams::default()).await {
+        match kube::Api::<Namespace>::all(client)
+            .delete(name, &DeleteParams::default())
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             Err(e) => Err(Error::kube(format!("deleting test namespace {name}"))(e)),
@@ -147,7 +163,10 @@ impl PrivateCluster {
 
     /// As a [`Target`].
     pub fn target(&self) -> Target {
-        Target { kubeconfig: self.cluster.endpoints.kubeconfig.clone(), endpoints: Some(self.cluster.endpoints.clone()) }
+        Target {
+            kubeconfig: self.cluster.endpoints.kubeconfig.clone(),
+            endpoints: Some(self.cluster.endpoints.clone()),
+        }
     }
 }
 
@@ -169,7 +188,9 @@ mod tempfile_dir {
     impl Dir {
         pub fn new() -> Result<Self> {
             let suffix: u64 = rand::rng().random();
-            let path = crate::layout::default_state_dir().join("private").join(format!("{suffix:016x}"));
+            let path = crate::layout::default_state_dir()
+                .join("private")
+                .join(format!("{suffix:016x}"));
             std::fs::create_dir_all(&path).map_err(Error::io("creating", &path))?;
             Ok(Self(path))
         }

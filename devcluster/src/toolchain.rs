@@ -61,7 +61,12 @@ impl Tool {
     /// Names of the binaries the build leaves in `.local/bin/`.
     pub fn binaries(self) -> &'static [&'static str] {
         match self {
-            Tool::Kubernetes => &["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"],
+            Tool::Kubernetes => &[
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kubectl",
+            ],
             Tool::Etcd => &["etcd"],
             Tool::Jaeger => &["jaeger"],
         }
@@ -73,7 +78,10 @@ impl Tool {
                 let v = KUBERNETES_VERSION;
                 let (major, minor) = major_minor(v);
                 let mut flags = String::from("-s -w");
-                for pkg in ["k8s.io/component-base/version", "k8s.io/client-go/pkg/version"] {
+                for pkg in [
+                    "k8s.io/component-base/version",
+                    "k8s.io/client-go/pkg/version",
+                ] {
                     flags.push_str(&format!(
                         " -X {pkg}.gitVersion={v} -X {pkg}.gitMajor={major} -X {pkg}.gitMinor={minor} \
                          -X {pkg}.gitTreeState=clean"
@@ -166,7 +174,11 @@ pub fn ensure_tools_built(layout: &Layout, tools: &[Tool]) -> Result<()> {
             );
             let started = std::time::Instant::now();
             ensure_built(layout, tool)?;
-            eprintln!("devcluster: built {} in {:.0?}", tool.name(), started.elapsed());
+            eprintln!(
+                "devcluster: built {} in {:.0?}",
+                tool.name(),
+                started.elapsed()
+            );
         }
     }
     Ok(())
@@ -183,7 +195,12 @@ fn build(layout: &Layout, tool: Tool, go: &str) -> Result<()> {
     fs::create_dir_all(&logs).map_err(Error::io("creating", &logs))?;
     let log_path = build_log(layout, tool);
     let mut log = fs::File::create(&log_path).map_err(Error::io("creating", &log_path))?;
-    let _ = writeln!(log, "# {go}\n# building {:?} in {}", tool.packages(), tool.module_dir().display());
+    let _ = writeln!(
+        log,
+        "# {go}\n# building {:?} in {}",
+        tool.packages(),
+        tool.module_dir().display()
+    );
     let log_err = log.try_clone().map_err(Error::io("opening", &log_path))?;
 
     // `-o dir/` with a trailing separator makes go build write one binary per package.
@@ -229,7 +246,11 @@ fn build(layout: &Layout, tool: Tool, go: &str) -> Result<()> {
 /// against an external cluster).
 pub fn binary_or_path(layout: &Layout, name: &str) -> PathBuf {
     let built = layout.bin(name);
-    if built.exists() { built } else { Path::new(name).to_path_buf() }
+    if built.exists() {
+        built
+    } else {
+        Path::new(name).to_path_buf()
+    }
 }
 
 #[cfg(test)]
@@ -262,8 +283,18 @@ mod tests {
         assert!(gomod.contains(&format!("k8s.io/kubernetes {KUBERNETES_VERSION}")));
         // Every staging module is replaced at the matching v0 version.
         let v0 = KUBERNETES_VERSION.replacen("v1.", "v0.", 1);
-        let replaces = gomod.lines().filter(|l| l.contains(" => ")).collect::<Vec<_>>();
-        assert!(replaces.len() >= 30, "expected the staging replaces, got {}", replaces.len());
-        assert!(replaces.iter().all(|l| l.trim_end().ends_with(&v0)), "{replaces:?}");
+        let replaces = gomod
+            .lines()
+            .filter(|l| l.contains(" => "))
+            .collect::<Vec<_>>();
+        assert!(
+            replaces.len() >= 30,
+            "expected the staging replaces, got {}",
+            replaces.len()
+        );
+        assert!(
+            replaces.iter().all(|l| l.trim_end().ends_with(&v0)),
+            "{replaces:?}"
+        );
     }
 }

@@ -32,19 +32,35 @@ async fn status_update_does_not_bump_generation() -> Result<()> {
     let env = Env::get().await?;
     let ns = env.namespace("status").await?;
     let api = kubetemplate_api(&env, &ns);
-    let created = api.create(&PostParams::default(), &serde_json::from_value(kubetemplate("gen"))?).await?;
+    let created = api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(kubetemplate("gen"))?,
+        )
+        .await?;
     let generation = created.metadata.generation.context("generation")?;
 
     let status = json!({"status": {"processingPhase": "Completed", "resourcesTotal": 1, "resourcesSynced": 1}});
-    let patched = api.patch_status("gen", &PatchParams::default(), &Patch::Merge(&status)).await?;
-    assert_eq!(patched.metadata.generation, Some(generation), "status write kept the generation");
+    let patched = api
+        .patch_status("gen", &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    assert_eq!(
+        patched.metadata.generation,
+        Some(generation),
+        "status write kept the generation"
+    );
     assert_eq!(patched.data["status"]["processingPhase"], "Completed");
 
     // A status field sent to the main resource is ignored; a spec change bumps the generation.
     let spec = json!({"spec": {"templates": []}, "status": {"processingPhase": "Failed"}});
-    let patched = api.patch("gen", &PatchParams::default(), &Patch::Merge(&spec)).await?;
+    let patched = api
+        .patch("gen", &PatchParams::default(), &Patch::Merge(&spec))
+        .await?;
     assert_eq!(patched.metadata.generation, Some(generation + 1));
-    assert_eq!(patched.data["status"]["processingPhase"], "Completed", "status only changes via /status");
+    assert_eq!(
+        patched.data["status"]["processingPhase"], "Completed",
+        "status only changes via /status"
+    );
     env.target.delete_namespace(&ns).await?;
     Ok(())
 }
@@ -54,7 +70,12 @@ async fn deleting_an_owner_garbage_collects_its_dependents() -> Result<()> {
     let env = Env::get().await?;
     let ns = env.namespace("gc").await?;
     let templates = kubetemplate_api(&env, &ns);
-    let owner = templates.create(&PostParams::default(), &serde_json::from_value(kubetemplate("owner"))?).await?;
+    let owner = templates
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(kubetemplate("owner"))?,
+        )
+        .await?;
     let owner_ref = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
         api_version: "kubetemplater.io/v1alpha1".into(),
         kind: "KubeTemplate".into(),
@@ -66,19 +87,32 @@ async fn deleting_an_owner_garbage_collects_its_dependents() -> Result<()> {
     let mut dependent = ConfigMap::default();
     dependent.meta_mut().name = Some("dependent".into());
     dependent.meta_mut().owner_references = Some(vec![owner_ref]);
-    configmaps.create(&PostParams::default(), &dependent).await?;
+    configmaps
+        .create(&PostParams::default(), &dependent)
+        .await?;
     let mut unrelated = ConfigMap::default();
     unrelated.meta_mut().name = Some("unrelated".into());
-    configmaps.create(&PostParams::default(), &unrelated).await?;
+    configmaps
+        .create(&PostParams::default(), &unrelated)
+        .await?;
 
-    templates.delete("owner", &DeleteParams::background()).await?;
+    templates
+        .delete("owner", &DeleteParams::background())
+        .await?;
     let cms = configmaps.clone();
-    eventually(Duration::from_secs(60), "the garbage collector to delete the dependent", || {
-        let cms = cms.clone();
-        async move { Ok(cms.get_opt("dependent").await?.is_none()) }
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the garbage collector to delete the dependent",
+        || {
+            let cms = cms.clone();
+            async move { Ok(cms.get_opt("dependent").await?.is_none()) }
+        },
+    )
     .await?;
-    assert!(configmaps.get_opt("unrelated").await?.is_some(), "objects without the owner are kept");
+    assert!(
+        configmaps.get_opt("unrelated").await?.is_some(),
+        "objects without the owner are kept"
+    );
     env.target.delete_namespace(&ns).await?;
     Ok(())
 }
@@ -88,24 +122,41 @@ async fn deleting_a_namespace_removes_its_contents() -> Result<()> {
     let env = Env::get().await?;
     let ns = env.namespace("nsdel").await?;
     let configmaps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &ns);
-    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "content"}, "data": {"a": "b"}}))?;
-    configmaps.patch("content", &PatchParams::apply(TEST_MANAGER), &Patch::Apply(&cm)).await?;
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "content"}, "data": {"a": "b"}}))?;
+    configmaps
+        .patch(
+            "content",
+            &PatchParams::apply(TEST_MANAGER),
+            &Patch::Apply(&cm),
+        )
+        .await?;
     let templates = kubetemplate_api(&env, &ns);
-    templates.create(&PostParams::default(), &serde_json::from_value(kubetemplate("content"))?).await?;
+    templates
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(kubetemplate("content"))?,
+        )
+        .await?;
 
     env.target.delete_namespace(&ns).await?;
     let namespaces: Api<Namespace> = Api::all(env.client.clone());
     let name = ns.clone();
-    eventually(Duration::from_secs(90), "the namespace controller to empty and remove the namespace", || {
-        let namespaces = namespaces.clone();
-        let name = name.clone();
-        async move { Ok(namespaces.get_opt(&name).await?.is_none()) }
-    })
+    eventually(
+        Duration::from_secs(90),
+        "the namespace controller to empty and remove the namespace",
+        || {
+            let namespaces = namespaces.clone();
+            let name = name.clone();
+            async move { Ok(namespaces.get_opt(&name).await?.is_none()) }
+        },
+    )
     .await?;
     // Re-creating the namespace shows nothing of the old contents.
-    env.client.clone();
     let recreated: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
-    namespaces.create(&PostParams::default(), &recreated).await?;
+    namespaces
+        .create(&PostParams::default(), &recreated)
+        .await?;
     assert!(configmaps.get_opt("content").await?.is_none());
     assert!(templates.get_opt("content").await?.is_none());
     env.target.delete_namespace(&ns).await?;

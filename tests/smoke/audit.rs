@@ -12,19 +12,32 @@ use kubetemplater_e2e::{Env, TEST_MANAGER};
 #[tokio::test]
 async fn audit_log_shows_writes_under_component_identities() -> Result<()> {
     let env = Env::get().await?;
-    let Some(audit) = env.target.audit("audit_log_shows_writes_under_component_identities") else {
+    let Some(audit) = env
+        .target
+        .audit("audit_log_shows_writes_under_component_identities")
+    else {
         return Ok(());
     };
     let ns = env.namespace("audit").await?;
-    let worker = env.target.client_as("worker-0").await?.context("worker identity")?;
+    let worker = env
+        .target
+        .client_as("worker-0")
+        .await?
+        .context("worker identity")?;
     let configmaps: Api<ConfigMap> = Api::namespaced(worker, &ns);
     let mut cm = ConfigMap::default();
     cm.metadata.name = Some("by-worker".into());
 
     // Before RBAC grants anything, the worker's write is refused, and the refusal is no write.
     let cursor = audit.cursor()?;
-    let denied = configmaps.create(&PostParams::default(), &cm).await.expect_err("no permission yet");
-    assert!(matches!(&denied, kube::Error::Api(e) if e.code == 403), "{denied}");
+    let denied = configmaps
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect_err("no permission yet");
+    assert!(
+        matches!(&denied, kube::Error::Api(e) if e.code == 403),
+        "{denied}"
+    );
 
     // Grant the workers' group configmap writes in this namespace only.
     let rule = PolicyRule {
@@ -34,12 +47,22 @@ async fn audit_log_shows_writes_under_component_identities() -> Result<()> {
         ..Default::default()
     };
     let role = Role {
-        metadata: ObjectMeta { name: Some("cm-writer".into()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some("cm-writer".into()),
+            ..Default::default()
+        },
         rules: Some(vec![rule]),
     };
     let binding = RoleBinding {
-        metadata: ObjectMeta { name: Some("workers-cm-writer".into()), ..Default::default() },
-        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: "cm-writer".into() },
+        metadata: ObjectMeta {
+            name: Some("workers-cm-writer".into()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: "cm-writer".into(),
+        },
         subjects: Some(vec![Subject {
             kind: "Group".into(),
             name: "kubetemplater:workers".into(),
@@ -48,7 +71,9 @@ async fn audit_log_shows_writes_under_component_identities() -> Result<()> {
         }]),
     };
     let params = PatchParams::apply(TEST_MANAGER);
-    Api::<Role>::namespaced(env.client.clone(), &ns).patch("cm-writer", &params, &Patch::Apply(&role)).await?;
+    Api::<Role>::namespaced(env.client.clone(), &ns)
+        .patch("cm-writer", &params, &Patch::Apply(&role))
+        .await?;
     Api::<RoleBinding>::namespaced(env.client.clone(), &ns)
         .patch("workers-cm-writer", &params, &Patch::Apply(&binding))
         .await?;
@@ -60,7 +85,9 @@ async fn audit_log_shows_writes_under_component_identities() -> Result<()> {
                 created = Some(c);
                 break;
             }
-            Err(kube::Error::Api(e)) if e.code == 403 => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -71,16 +98,31 @@ async fn audit_log_shows_writes_under_component_identities() -> Result<()> {
         .wait_for(cursor, Duration::from_secs(10), |e| {
             e.verb == "create"
                 && e.succeeded()
-                && e.object_ref.as_ref().is_some_and(|o| o.namespace == ns2 && o.name == "by-worker")
+                && e.object_ref
+                    .as_ref()
+                    .is_some_and(|o| o.namespace == ns2 && o.name == "by-worker")
         })
         .await?
         .context("no audit event for the worker's write")?;
     assert_eq!(event.user.username, "kubetemplater:worker-0");
-    assert!(event.user.groups.contains(&"kubetemplater:workers".to_string()));
+    assert!(
+        event
+            .user
+            .groups
+            .contains(&"kubetemplater:workers".to_string())
+    );
 
     let writes = audit.writes_by(cursor, "kubetemplater:worker-0")?;
-    let in_ns: Vec<_> = writes.iter().filter(|e| e.object_ref.as_ref().is_some_and(|o| o.namespace == ns)).collect();
-    assert_eq!(in_ns.len(), 1, "exactly one successful write by the worker: {:?}", in_ns.iter().map(|e| e.describe()).collect::<Vec<_>>());
+    let in_ns: Vec<_> = writes
+        .iter()
+        .filter(|e| e.object_ref.as_ref().is_some_and(|o| o.namespace == ns))
+        .collect();
+    assert_eq!(
+        in_ns.len(),
+        1,
+        "exactly one successful write by the worker: {:?}",
+        in_ns.iter().map(|e| e.describe()).collect::<Vec<_>>()
+    );
     let refused = audit
         .read_since(cursor)?
         .into_iter()

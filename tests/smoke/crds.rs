@@ -10,7 +10,11 @@ async fn every_crd_is_established_with_status_subresource_and_short_names() -> R
     let env = Env::get().await?;
     let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
     let expected = api::crds();
-    assert_eq!(expected.len(), 5, "KubeTemplate, KubeTemplatePolicy, TenantRegistry, TenantTemplate, Tenant");
+    assert_eq!(
+        expected.len(),
+        5,
+        "KubeTemplate, KubeTemplatePolicy, TenantRegistry, TenantTemplate, Tenant"
+    );
     for want in expected {
         let name = want.metadata.name.clone().unwrap_or_default();
         let got = crds.get(&name).await?;
@@ -18,12 +22,37 @@ async fn every_crd_is_established_with_status_subresource_and_short_names() -> R
             .status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
         assert!(established, "{name} is not Established");
         let version = &got.spec.versions[0];
-        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{name}: no status subresource");
-        assert!(!version.additional_printer_columns.clone().unwrap_or_default().is_empty(), "{name}: no printer columns");
-        assert!(!got.spec.names.short_names.clone().unwrap_or_default().is_empty(), "{name}: no short names");
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
+            "{name}: no status subresource"
+        );
+        assert!(
+            !version
+                .additional_printer_columns
+                .clone()
+                .unwrap_or_default()
+                .is_empty(),
+            "{name}: no printer columns"
+        );
+        assert!(
+            !got.spec
+                .names
+                .short_names
+                .clone()
+                .unwrap_or_default()
+                .is_empty(),
+            "{name}: no short names"
+        );
     }
     Ok(())
 }
@@ -35,13 +64,29 @@ async fn samples_of_both_apis_apply_with_kubectl() -> Result<()> {
     let samples = samples.to_string_lossy();
     // Twice: the second apply must be a no-op, not an error.
     for _ in 0..2 {
-        env.kubectl_ok(&["apply", "--server-side", "--field-manager=kubetemplater-samples", "-f", &samples])?;
+        env.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--field-manager=kubetemplater-samples",
+            "-f",
+            &samples,
+        ])?;
     }
     let templates = env.kubectl_ok(&["get", "kubetemplates", "-A", "-o", "name"])?;
-    assert!(!templates.trim().is_empty(), "no KubeTemplate after applying the samples");
-    for kind in ["kubetemplatepolicies", "tenantregistries", "tenanttemplates"] {
+    assert!(
+        !templates.trim().is_empty(),
+        "no KubeTemplate after applying the samples"
+    );
+    for kind in [
+        "kubetemplatepolicies",
+        "tenantregistries",
+        "tenanttemplates",
+    ] {
         let out = env.kubectl_ok(&["get", kind, "-A", "-o", "name"])?;
-        assert!(!out.trim().is_empty(), "no {kind} after applying the samples");
+        assert!(
+            !out.trim().is_empty(),
+            "no {kind} after applying the samples"
+        );
     }
     Ok(())
 }
@@ -102,7 +147,10 @@ spec:
     env.kubectl_ok(&["apply", "-f", &path.to_string_lossy()])?;
     let back = env.kubectl_ok(&["get", "kubetemplate", "example", "-n", &ns, "-o", "json"])?;
     let back: serde_json::Value = serde_json::from_str(&back)?;
-    assert_eq!(back["spec"]["templates"][0]["object"]["data"]["key"], "value", "arbitrary object kept as written");
+    assert_eq!(
+        back["spec"]["templates"][0]["object"]["data"]["key"], "value",
+        "arbitrary object kept as written"
+    );
     assert_eq!(back["spec"]["templates"][0]["replace"], true);
     assert_eq!(back["spec"]["templates"][1]["referenced"], true);
     let _ = std::fs::remove_file(path);

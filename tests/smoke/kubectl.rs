@@ -14,11 +14,16 @@ async fn kubectl_version_reports_a_real_server() -> Result<()> {
     let env = Env::get().await?;
     let out = env.kubectl_ok(&["version", "-o", "json"])?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
-    let server = v["serverVersion"]["gitVersion"].as_str().unwrap_or_default();
+    let server = v["serverVersion"]["gitVersion"]
+        .as_str()
+        .unwrap_or_default();
     assert!(server.starts_with("v1."), "server version {server:?}");
     if env.target.is_devcluster() {
         assert_eq!(server, devcluster::toolchain::KUBERNETES_VERSION);
-        assert_eq!(v["clientVersion"]["gitVersion"], devcluster::toolchain::KUBERNETES_VERSION);
+        assert_eq!(
+            v["clientVersion"]["gitVersion"],
+            devcluster::toolchain::KUBERNETES_VERSION
+        );
     }
     Ok(())
 }
@@ -48,11 +53,17 @@ async fn printer_columns_show_phase_and_counts() -> Result<()> {
     let out = env.kubectl_ok(&["get", "kt", "-n", &ns])?;
     let header = out.lines().next().unwrap_or_default().to_string();
     for col in ["NAME", "PHASE", "SYNCED", "TOTAL", "AGE"] {
-        assert!(header.contains(col), "column {col} missing from `kubectl get kt`: {header}");
+        assert!(
+            header.contains(col),
+            "column {col} missing from `kubectl get kt`: {header}"
+        );
     }
     let wide = env.kubectl_ok(&["get", "kubetemplates", "-n", &ns, "-o", "wide"])?;
     let wide_header = wide.lines().next().unwrap_or_default();
-    assert!(wide_header.len() > header.len(), "-o wide adds columns: {wide_header}");
+    assert!(
+        wide_header.len() > header.len(),
+        "-o wide adds columns: {wide_header}"
+    );
     env.target.delete_namespace(&ns).await?;
     Ok(())
 }
@@ -72,7 +83,11 @@ fn apply_stdin_with(env: &Env, manifest: &str, extra: &[&str]) -> Result<String>
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    child.stdin.take().context("kubectl stdin")?.write_all(manifest.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .context("kubectl stdin")?
+        .write_all(manifest.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!("{}", String::from_utf8_lossy(&out.stderr));
@@ -85,15 +100,36 @@ async fn server_side_apply_conflict_between_managers_and_force() -> Result<()> {
     let env = Env::get().await?;
     let ns = env.namespace("ssa").await?;
     let cm = |value: &str| {
-        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\n  namespace: {ns}\ndata:\n  owner: {value}\n")
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\n  namespace: {ns}\ndata:\n  owner: {value}\n"
+        )
     };
-    apply_stdin_with(&env, &cm("alice"), &["--server-side", "--field-manager=alice"])?;
+    apply_stdin_with(
+        &env,
+        &cm("alice"),
+        &["--server-side", "--field-manager=alice"],
+    )?;
     let err = apply_stdin_with(&env, &cm("bob"), &["--server-side", "--field-manager=bob"])
         .expect_err("a second manager changing an owned field must conflict");
     let msg = err.to_string();
-    assert!(msg.contains("conflict") && msg.contains("alice"), "conflict names the other manager: {msg}");
-    apply_stdin_with(&env, &cm("bob"), &["--server-side", "--field-manager=bob", "--force-conflicts"])?;
-    let value = env.kubectl_ok(&["get", "configmap", "shared", "-n", &ns, "-o", "jsonpath={.data.owner}"])?;
+    assert!(
+        msg.contains("conflict") && msg.contains("alice"),
+        "conflict names the other manager: {msg}"
+    );
+    apply_stdin_with(
+        &env,
+        &cm("bob"),
+        &["--server-side", "--field-manager=bob", "--force-conflicts"],
+    )?;
+    let value = env.kubectl_ok(&[
+        "get",
+        "configmap",
+        "shared",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.data.owner}",
+    ])?;
     assert_eq!(value, "bob");
     let managers = env.kubectl_ok(&[
         "get",
@@ -105,7 +141,10 @@ async fn server_side_apply_conflict_between_managers_and_force() -> Result<()> {
         "-o",
         "jsonpath={.metadata.managedFields[*].manager}",
     ])?;
-    assert!(managers.contains("bob"), "bob now owns the field: {managers}");
+    assert!(
+        managers.contains("bob"),
+        "bob now owns the field: {managers}"
+    );
     env.target.delete_namespace(&ns).await?;
     Ok(())
 }
@@ -114,11 +153,25 @@ async fn server_side_apply_conflict_between_managers_and_force() -> Result<()> {
 async fn kubectl_get_watch_streams_a_change() -> Result<()> {
     let env = Env::get().await?;
     let ns = env.namespace("watch").await?;
-    apply_stdin(&env, &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: w\n  namespace: {ns}\ndata:\n  v: one\n"))?;
+    apply_stdin(
+        &env,
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: w\n  namespace: {ns}\ndata:\n  v: one\n"
+        ),
+    )?;
     let mut child = env
         .target
         .kubectl()
-        .args(["get", "configmap", "w", "-n", &ns, "-w", "-o", "jsonpath={.data.v}{\"\\n\"}"])
+        .args([
+            "get",
+            "configmap",
+            "w",
+            "-n",
+            &ns,
+            "-w",
+            "-o",
+            "jsonpath={.data.v}{\"\\n\"}",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
@@ -131,10 +184,19 @@ async fn kubectl_get_watch_streams_a_change() -> Result<()> {
             }
         }
     });
-    let first = rx.recv_timeout(Duration::from_secs(20)).context("watch printed nothing")?;
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .context("watch printed nothing")?;
     assert_eq!(first.trim(), "one");
-    apply_stdin(&env, &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: w\n  namespace: {ns}\ndata:\n  v: two\n"))?;
-    let second = rx.recv_timeout(Duration::from_secs(20)).context("watch did not stream the change")?;
+    apply_stdin(
+        &env,
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: w\n  namespace: {ns}\ndata:\n  v: two\n"
+        ),
+    )?;
+    let second = rx
+        .recv_timeout(Duration::from_secs(20))
+        .context("watch did not stream the change")?;
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(second.trim(), "two");

@@ -17,7 +17,7 @@ pub use devcluster::testing::Target;
 pub const TEST_MANAGER: &str = "kubetemplater-e2e";
 
 /// What a test works with: the target cluster and an admin client bound to the test's runtime.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Env {
     /// The cluster.
     pub target: Target,
@@ -25,10 +25,20 @@ pub struct Env {
     pub client: Client,
 }
 
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Env {
     /// The run's cluster, with our CRDs installed and Established.
     pub async fn get() -> Result<Self> {
-        let target = devcluster::testing::target().await.context("getting the test cluster")?;
+        let target = devcluster::testing::target()
+            .await
+            .context("getting the test cluster")?;
         let client = target.client().await?;
         install_crds(&client).await?;
         Ok(Self { target, client })
@@ -41,14 +51,22 @@ impl Env {
 
     /// Runs kubectl against the target; returns its output whatever the exit status.
     pub fn kubectl(&self, args: &[&str]) -> Result<Output> {
-        self.target.kubectl().args(args).output().context("running kubectl")
+        self.target
+            .kubectl()
+            .args(args)
+            .output()
+            .context("running kubectl")
     }
 
     /// Runs kubectl and fails with its stderr unless it succeeds; returns stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
         let out = self.kubectl(args)?;
         if !out.status.success() {
-            bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -61,24 +79,30 @@ pub async fn install_crds(client: &Client) -> Result<()> {
     let params = PatchParams::apply(TEST_MANAGER).force();
     for crd in api::crds() {
         let name = crd.metadata.name.clone().context("CRD without a name")?;
-        crds.patch(&name, &params, &Patch::Apply(&crd)).await.with_context(|| format!("applying CRD {name}"))?;
+        crds.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("applying CRD {name}"))?;
     }
     for crd in api::crds() {
         let name = crd.metadata.name.clone().context("CRD without a name")?;
         let api = crds.clone();
-        eventually(Duration::from_secs(60), &format!("CRD {name} Established"), || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let crd = api.get(&name).await?;
-                Ok(crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True"))
-            }
-        })
+        eventually(
+            Duration::from_secs(60),
+            &format!("CRD {name} Established"),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let crd = api.get(&name).await?;
+                    Ok(crd
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True"))
+                }
+            },
+        )
         .await?;
     }
     Ok(())
@@ -92,13 +116,12 @@ where
     Fut: Future<Output = Result<bool>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = String::from("condition still false");
     loop {
-        match check().await {
+        let last = match check().await {
             Ok(true) => return Ok(()),
-            Ok(false) => last = String::from("condition still false"),
-            Err(e) => last = format!("{e:#}"),
-        }
+            Ok(false) => String::from("condition still false"),
+            Err(e) => format!("{e:#}"),
+        };
         if tokio::time::Instant::now() >= deadline {
             bail!("timed out after {timeout:?} waiting for {what}: {last}");
         }

@@ -49,7 +49,10 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -69,7 +72,10 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
         Cmd::Up => up().await.map(|()| ExitCode::SUCCESS),
         Cmd::Down => down().map(|()| ExitCode::SUCCESS),
-        Cmd::Test { kubeconfig, cargo_args } => test(kubeconfig, cargo_args).await,
+        Cmd::Test {
+            kubeconfig,
+            cargo_args,
+        } => test(kubeconfig, cargo_args).await,
         Cmd::Gen { check } => gen_crds(check).map(|()| ExitCode::SUCCESS),
         Cmd::Build => {
             toolchain::ensure_all_built(&Layout::shared())?;
@@ -85,7 +91,8 @@ fn repo() -> PathBuf {
 fn gen_crds(check: bool) -> Result<()> {
     let dir = repo().join("deploy/crds");
     if check {
-        api::check_crds(&dir).context("CRD YAML in deploy/crds is stale: run `cargo xtask gen` and commit it")?;
+        api::check_crds(&dir)
+            .context("CRD YAML in deploy/crds is stale: run `cargo xtask gen` and commit it")?;
         println!("deploy/crds is up to date");
     } else {
         for path in api::write_crds(&dir)? {
@@ -113,13 +120,28 @@ fn run_checked(mut cmd: Command, what: &str) -> Result<()> {
 fn install(kubeconfig: &Path) -> Result<()> {
     let root = repo();
     let mut apply = kubectl(kubeconfig);
-    apply.args(["apply", "--server-side", "--field-manager=kubetemplater-install", "-f"]).arg(root.join("deploy/crds"));
+    apply
+        .args([
+            "apply",
+            "--server-side",
+            "--field-manager=kubetemplater-install",
+            "-f",
+        ])
+        .arg(root.join("deploy/crds"));
     run_checked(apply, "installing the CRDs")?;
     let mut wait = kubectl(kubeconfig);
-    wait.args(["wait", "--for=condition=Established", "--timeout=60s", "-f"]).arg(root.join("deploy/crds"));
+    wait.args(["wait", "--for=condition=Established", "--timeout=60s", "-f"])
+        .arg(root.join("deploy/crds"));
     run_checked(wait, "waiting for the CRDs to be Established")?;
     let mut samples = kubectl(kubeconfig);
-    samples.args(["apply", "--server-side", "--field-manager=kubetemplater-samples", "-f"]).arg(root.join("deploy/samples"));
+    samples
+        .args([
+            "apply",
+            "--server-side",
+            "--field-manager=kubetemplater-samples",
+            "-f",
+        ])
+        .arg(root.join("deploy/samples"));
     run_checked(samples, "applying the samples")?;
     Ok(())
 }
@@ -129,24 +151,47 @@ async fn up() -> Result<()> {
     let cluster = devcluster::start(&ClusterConfig::shared()).await?;
     let e = &cluster.endpoints;
     install(&e.kubeconfig)?;
-    let rel = |p: &Path| p.strip_prefix(repo()).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf());
+    let rel = |p: &Path| {
+        p.strip_prefix(repo())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
     println!();
     println!(
         "devcluster is {} ({:.0?}): Kubernetes {}",
-        if cluster.started_here { "up" } else { "already running" },
+        if cluster.started_here {
+            "up"
+        } else {
+            "already running"
+        },
         started.elapsed(),
         e.kubernetes_version
     );
     println!("  kube-apiserver   {}", e.apiserver);
-    println!("  kubectl          export KUBECONFIG=$PWD/{}; .local/bin/kubectl get kubetemplates -A", rel(&e.kubeconfig).display());
-    println!("  identities       {}/<component>.kubeconfig", rel(&e.kubeconfigs).display());
+    println!(
+        "  kubectl          export KUBECONFIG=$PWD/{}; .local/bin/kubectl get kubetemplates -A",
+        rel(&e.kubeconfig).display()
+    );
+    println!(
+        "  identities       {}/<component>.kubeconfig",
+        rel(&e.kubeconfigs).display()
+    );
     if let Some(j) = &e.jaeger {
-        println!("  Jaeger UI/API    {}  (e.g. {}/api/services)", j.query, j.query);
-        println!("  OTLP             OTEL_EXPORTER_OTLP_ENDPOINT={} (gRPC), {} (HTTP)", j.otlp_grpc, j.otlp_http);
+        println!(
+            "  Jaeger UI/API    {}  (e.g. {}/api/services)",
+            j.query, j.query
+        );
+        println!(
+            "  OTLP             OTEL_EXPORTER_OTLP_ENDPOINT={} (gRPC), {} (HTTP)",
+            j.otlp_grpc, j.otlp_http
+        );
     }
     println!("  audit log        {}", rel(&e.audit_log).display());
     println!("  logs             {}/", rel(&e.logs).display());
-    println!("  endpoints        {}", rel(&cluster.layout.endpoints_file()).display());
+    println!(
+        "  endpoints        {}",
+        rel(&cluster.layout.endpoints_file()).display()
+    );
     println!("  stop with        cargo xtask down");
     Ok(())
 }
@@ -156,7 +201,10 @@ fn down() -> Result<()> {
     let running = devcluster::Endpoints::load(&layout)?;
     devcluster::stop(&layout)?;
     match running {
-        Some(e) => println!("stopped {} processes", e.processes.len() + e.components.len()),
+        Some(e) => println!(
+            "stopped {} processes",
+            e.processes.len() + e.components.len()
+        ),
         None => println!("devcluster was not running"),
     }
     Ok(())
@@ -165,13 +213,15 @@ fn down() -> Result<()> {
 async fn test(kubeconfig: Option<PathBuf>, cargo_args: Vec<String>) -> Result<ExitCode> {
     let layout = Layout::shared();
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(repo()).args(["test", "--workspace", "--all-targets"]);
+    cmd.current_dir(repo())
+        .args(["test", "--workspace", "--all-targets"]);
     // The kubectl-driven tests use devcluster's kubectl, also against an external cluster.
     toolchain::ensure_built(&layout, toolchain::Tool::Kubernetes)?;
     let mut started_here = None;
     let admin_kubeconfig = match kubeconfig {
         Some(path) => {
-            let path = std::fs::canonicalize(&path).with_context(|| format!("reading {}", path.display()))?;
+            let path = std::fs::canonicalize(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
             cmd.env(testing::EXTERNAL_KUBECONFIG_ENV, &path);
             path
         }
@@ -190,10 +240,20 @@ async fn test(kubeconfig: Option<PathBuf>, cargo_args: Vec<String>) -> Result<Ex
     let status = cmd.status().context("running cargo test")?;
     // Test namespaces are deleted whether the tests passed or not.
     let mut sweep = kubectl(&admin_kubeconfig);
-    sweep.args(["delete", "namespace", "-l", &format!("{}=true", testing::TEST_NAMESPACE_LABEL), "--wait=false"]);
+    sweep.args([
+        "delete",
+        "namespace",
+        "-l",
+        &format!("{}=true", testing::TEST_NAMESPACE_LABEL),
+        "--wait=false",
+    ]);
     let _ = sweep.stdout(std::process::Stdio::null()).status();
     if let Some(cluster) = started_here {
         cluster.stop()?;
     }
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -14,11 +14,16 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let guard = telemetry::init(&args.telemetry, "kt-trace-child")?;
         let mut headers = http::HeaderMap::new();
-        headers.insert("traceparent", http::HeaderValue::from_str(&args.traceparent)?);
+        headers.insert(
+            "traceparent",
+            http::HeaderValue::from_str(&args.traceparent)?,
+        );
         let parent = telemetry::propagation::extract_http(&headers);
         {
             let span = tracing::info_span!("child-work", side = "child");
