@@ -216,7 +216,7 @@ async fn test(kubeconfig: Option<PathBuf>, cargo_args: Vec<String>) -> Result<Ex
     cmd.current_dir(repo())
         .args(["test", "--workspace", "--all-targets"]);
     // The kubectl-driven tests use devcluster's kubectl, also against an external cluster.
-    toolchain::ensure_built(&layout, toolchain::Tool::Kubernetes)?;
+    toolchain::ensure_tools_built(&layout, &[toolchain::Tool::Kubernetes])?;
     let mut started_here = None;
     let admin_kubeconfig = match kubeconfig {
         Some(path) => {
