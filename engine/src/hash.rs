@@ -13,17 +13,13 @@
 //! (whose maps marshal with sorted keys), which lets [`spec_hash`] reproduce the original
 //! KubeTemplater's `appliedSpecHash`.
 
-use std::fmt::Write as _;
-
 use api::KubeTemplateSpec;
-use serde_json::{Number, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// Canonical JSON text of a value (see the module documentation).
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::with_capacity(256);
-    write_canonical(&mut out, value);
-    out
+    crate::gojson::go_json_value(value)
 }
 
 /// Lowercase hex SHA-256 of the canonical JSON of one object.
@@ -72,7 +68,7 @@ pub fn spec_hash(spec: &KubeTemplateSpec) -> String {
             out.push(',');
         }
         out.push_str("{\"object\":");
-        write_object(&mut out, &item.object);
+        out.push_str(&crate::gojson::go_json(&item.object));
         if item.replace {
             out.push_str(",\"replace\":true");
         }
@@ -102,123 +98,13 @@ fn sort_key(object: &Value) -> [&str; 4] {
     ]
 }
 
-fn write_canonical(out: &mut String, value: &Value) {
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(true) => out.push_str("true"),
-        Value::Bool(false) => out.push_str("false"),
-        Value::Number(n) => write_number(out, n),
-        Value::String(s) => write_string(out, s),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(out, item);
-            }
-            out.push(']');
-        }
-        Value::Object(map) => write_object(out, map),
-    }
-}
-
-fn write_object(out: &mut String, map: &serde_json::Map<String, Value>) {
-    // serde_json's map may keep insertion order (feature `preserve_order`): sort explicitly.
-    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    out.push('{');
-    for (i, (key, value)) in entries.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        write_string(out, key);
-        out.push(':');
-        write_canonical(out, value);
-    }
-    out.push('}');
-}
-
-/// Writes a JSON string the way Go's `encoding/json` does (HTML-safe escaping).
-fn write_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-fn write_number(out: &mut String, n: &Number) {
-    if let Some(i) = n.as_i64() {
-        let _ = write!(out, "{i}");
-    } else if let Some(u) = n.as_u64() {
-        let _ = write!(out, "{u}");
-    } else if let Some(f) = n.as_f64() {
-        out.push_str(&go_float(f));
-    } else {
-        out.push_str(&n.to_string());
-    }
-}
-
-/// Formats a float64 as Go's `encoding/json` does.
-pub(crate) fn go_float(f: f64) -> String {
-    if !f.is_finite() {
-        return "null".to_owned();
-    }
-    // Shortest round-trip digits and decimal exponent, from Rust's `{:e}` ("-1.2345e-7").
-    let sci = format!("{:e}", f.abs());
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
-    let sign = if f.is_sign_negative() { "-" } else { "" };
-    let abs = f.abs();
-    if abs != 0.0 && !(1e-6..1e21).contains(&abs) {
-        let (first, rest) = digits.split_at(1);
-        let frac = if rest.is_empty() {
-            String::new()
-        } else {
-            format!(".{rest}")
-        };
-        if exp < 0 {
-            format!("{sign}{first}{frac}e-{}", -exp)
-        } else {
-            format!("{sign}{first}{frac}e+{exp:02}")
-        }
-    } else if exp >= 0 {
-        let int_len = usize::try_from(exp).unwrap_or(0) + 1;
-        if digits.len() <= int_len {
-            format!("{sign}{digits}{}", "0".repeat(int_len - digits.len()))
-        } else {
-            let (int, frac) = digits.split_at(int_len);
-            format!("{sign}{int}.{frac}")
-        }
-    } else {
-        let zeros = usize::try_from(-exp - 1).unwrap_or(0);
-        format!("{sign}0.{}{digits}", "0".repeat(zeros))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn floats_print_like_go() {
+        let go_float = |f: f64| canonical_json(&serde_json::json!(f));
         for (f, want) in [
             (0.0, "0"),
             (-0.0, "-0"),
@@ -240,8 +126,7 @@ mod tests {
 
     #[test]
     fn strings_escape_like_go() {
-        let mut out = String::new();
-        write_string(&mut out, "a\"b\\c\n<x>&\u{1}\u{2028}é");
+        let out = canonical_json(&Value::String("a\"b\\c\n<x>&\u{1}\u{2028}é".into()));
         assert_eq!(out, r#""a\"b\\c\n\u003cx\u003e\u0026\u0001\u2028é""#);
     }
 }

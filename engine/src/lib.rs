@@ -11,6 +11,7 @@
 
 pub mod bucket;
 pub mod dag;
+mod gojson;
 pub mod hash;
 pub mod policy;
 pub mod render;

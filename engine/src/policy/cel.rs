@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use super::cost::{self, Binding, SizeMemo};
 use super::fields::{JRef, Root};
-use super::gojson::{GoNumber, go_number};
+use crate::gojson::{GoNumber, go_number};
 
 /// Longest CEL source accepted, in bytes.
 pub(crate) const MAX_SOURCE_BYTES: usize = 32 * 1024;

@@ -8,9 +8,9 @@ use super::cel::{CelProgram, CelVar, context_with, root_to_cel, to_cel};
 use super::compile::{CompiledKind, CompiledPolicy, CompiledValidation, GroupVersionKind};
 use super::cost::{Binding, SizeMemo};
 use super::fields::{Root, as_int, as_string, lookup};
-use super::gojson::{go_json, go_json_size};
 use super::scope::ClusterScopedKinds;
 use super::verdict::{Check, Verdict, Violation};
+use crate::gojson::{go_json, go_json_size};
 
 /// Most templates (items) one KubeTemplate may hold.
 pub const MAX_TEMPLATES: usize = 50;

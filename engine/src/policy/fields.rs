@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
-use super::gojson::{GoNumber, go_number, go_type, go_v, go_v_map};
+use crate::gojson::{GoNumber, go_number, go_type, go_v, go_v_map};
 
 /// The object being evaluated: the item's object, with `metadata` replaced when the namespace
 /// was defaulted (so the original object need not be copied).

@@ -54,7 +54,6 @@ mod compile;
 mod cost;
 mod evaluate;
 mod fields;
-mod gojson;
 mod re2;
 mod scope;
 mod verdict;

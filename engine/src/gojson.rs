@@ -1,5 +1,6 @@
-//! JSON values as the original (Go) sees them: numbers after its decode, `encoding/json` output
-//! (for the raw size and the missing-kind message) and `fmt`'s `%v` / `%T` (for accessor errors).
+//! JSON values as Go sees them: numbers after its decode, `encoding/json` output
+//! (for the raw size, the missing-kind message and the desired-state hash) and `fmt`'s `%v` / `%T`
+//! (for accessor errors). Shared by `policy` and `hash`.
 
 use serde_json::{Map, Number, Value};
 
@@ -73,6 +74,14 @@ pub(crate) fn go_json_size(object: &Map<String, Value>) -> usize {
 pub(crate) fn go_json(object: &Map<String, Value>) -> String {
     let mut out = String::new();
     write_map(&mut out, object, true);
+    out
+}
+
+/// `encoding/json`'s compact output for any value, object keys sorted (as Go marshals the maps
+/// of an unstructured Kubernetes object).
+pub(crate) fn go_json_value(value: &Value) -> String {
+    let mut out = String::new();
+    write_value(&mut out, value, true);
     out
 }
 
