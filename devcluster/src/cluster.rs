@@ -102,13 +102,60 @@ impl Ports {
     }
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, chosen below the kernel's ephemeral range.
+///
+/// Ports the kernel hands out for `bind(0)` come from the same range as the source ports
+/// of outgoing connections, so a port found free that way can be taken by any client
+/// connection before the component binds it (a real failure we saw in CI). Ports below
+/// `net.ipv4.ip_local_port_range` are only ever taken by explicit binds. Ports handed out
+/// by this process are remembered so two private clusters in one test binary never get
+/// the same one.
 pub fn free_port() -> Result<u16> {
+    use rand::Rng;
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let handed_out = HANDED_OUT.get_or_init(|| Mutex::new(HashSet::new()));
+    let (low, high) = non_ephemeral_range();
+    let mut rng = rand::rng();
+    for _ in 0..512 {
+        let port = rng.random_range(low..high);
+        let mut seen = handed_out
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            seen.insert(port);
+            return Ok(port);
+        }
+    }
+    // Every probe was busy: let the kernel choose (may race, but start() retries).
     let listener = TcpListener::bind("127.0.0.1:0").map_err(Error::io("binding", "127.0.0.1:0"))?;
     listener
         .local_addr()
         .map(|a| a.port())
         .map_err(Error::io("reading address of", "127.0.0.1:0"))
+}
+
+/// `[low, high)` of ports below the kernel's ephemeral range and above the well-known ones.
+fn non_ephemeral_range() -> (u16, u16) {
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|w| w.parse::<u16>().ok())
+        })
+        .unwrap_or(32768);
+    if ephemeral_low > 20_000 + 1_000 {
+        (20_000, ephemeral_low)
+    } else {
+        // An unusual kernel setting: use the range above the ephemeral one's default top.
+        (61_000, 65_000)
+    }
 }
 
 fn ensure_port_free(component: &'static str, port: u16) -> Result<()> {

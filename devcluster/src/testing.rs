@@ -149,11 +149,25 @@ pub struct PrivateCluster {
 
 impl PrivateCluster {
     /// Starts a private control plane (with Jaeger when `jaeger`).
+    ///
+    /// A port taken between choosing it and the component binding it is retried with new
+    /// ports, up to three attempts; any other failure is returned at once.
     pub async fn start(jaeger: bool) -> Result<Self> {
-        let dir = tempfile_dir::Dir::new()?;
-        let config = ClusterConfig::private(dir.path(), jaeger)?;
-        let cluster = cluster::start(&config).await?;
-        Ok(Self { cluster, _dir: dir })
+        let mut attempt = 1;
+        loop {
+            let dir = tempfile_dir::Dir::new()?;
+            let config = ClusterConfig::private(dir.path(), jaeger)?;
+            match cluster::start(&config).await {
+                Ok(cluster) => return Ok(Self { cluster, _dir: dir }),
+                Err(e) if attempt < 3 && is_port_race(&e) => {
+                    eprintln!(
+                        "private devcluster attempt {attempt} lost a port race, retrying: {e}"
+                    );
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Its endpoints.
@@ -175,6 +189,15 @@ impl Drop for PrivateCluster {
         if let Err(e) = self.cluster.stop() {
             eprintln!("stopping private devcluster: {e}");
         }
+    }
+}
+
+/// Whether a start failed because a chosen port was taken by someone else meanwhile.
+fn is_port_race(e: &crate::Error) -> bool {
+    match e {
+        crate::Error::PortBusy { .. } => true,
+        crate::Error::ProcessExited { tail, .. } => tail.contains("address already in use"),
+        _ => false,
     }
 }
 
