@@ -215,8 +215,10 @@ async fn test(kubeconfig: Option<PathBuf>, cargo_args: Vec<String>) -> Result<Ex
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(repo())
         .args(["test", "--workspace", "--all-targets"]);
-    // The kubectl-driven tests use devcluster's kubectl, also against an external cluster.
-    toolchain::ensure_tools_built(&layout, &[toolchain::Tool::Kubernetes])?;
+    // Build every tool before the tests start, so a slow first build (Jaeger takes minutes on a
+    // fresh machine) happens once, visibly, and not inside a test's start-up. The kubectl-driven
+    // tests use devcluster's kubectl even against an external cluster.
+    toolchain::ensure_all_built(&layout)?;
     let mut started_here = None;
     let admin_kubeconfig = match kubeconfig {
         Some(path) => {
