@@ -23,6 +23,13 @@ pub const TENANT_OPERATOR_FIELD_MANAGER: &str = "tenant-operator";
 /// Label holding the bucket (`hash(shard key) mod B`) of a sharded object. Written once by the
 /// mutating webhook or the coordinator and never changed; workers watch with a selector on it.
 pub const LABEL_BUCKET: &str = "kubetemplater.io/bucket";
+/// Namespace label: `disabled` exempts the namespace from kubetemplater's admission webhooks
+/// (no admission-time policy verdict, no bucket label from the webhook). Labelling a namespace
+/// needs cluster-level rights; workers still check every template against its policy and the
+/// coordinator still backfills bucket labels, so the exemption only removes the early answer.
+pub const LABEL_ADMISSION: &str = "kubetemplater.io/admission";
+/// Value of [`LABEL_ADMISSION`] that exempts a namespace.
+pub const ADMISSION_DISABLED: &str = "disabled";
 /// Label on every object created from a `KubeTemplate`: the template's name.
 pub const LABEL_TEMPLATE_NAME: &str = "kubetemplater.io/template-name";
 /// Label on every object created from a `KubeTemplate`: the template's namespace.

@@ -648,7 +648,7 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Err(Error::NotReady {
-        component,
+        component: component.to_owned(),
         seconds: config.ready_timeout.as_secs(),
         last,
         tail: tail_of(&process.record.log, 25),

@@ -45,7 +45,7 @@ pub enum Error {
     #[error("{component} exited ({status}) while starting; log: {log}\n--- last lines ---\n{tail}")]
     ProcessExited {
         /// The component.
-        component: &'static str,
+        component: String,
         /// Its exit status.
         status: String,
         /// Its log file.
@@ -60,7 +60,7 @@ pub enum Error {
     )]
     NotReady {
         /// The component.
-        component: &'static str,
+        component: String,
         /// How long devcluster waited.
         seconds: u64,
         /// The last readiness probe result.
@@ -87,7 +87,7 @@ pub enum Error {
     #[error("starting {component} ({program}): {source}")]
     Spawn {
         /// The component.
-        component: &'static str,
+        component: String,
         /// The program path.
         program: PathBuf,
         /// The underlying error.
@@ -129,6 +129,15 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A command we ran (e.g. `kubectl apply`) failed.
+    #[error("{what} failed:\n{output}")]
+    Command {
+        /// The command.
+        what: String,
+        /// Its error output.
+        output: String,
     },
 
     /// An HTTP probe could not be set up.

@@ -16,6 +16,7 @@ pub mod kubeconfig;
 pub mod layout;
 pub mod pki;
 pub mod process;
+pub mod stack;
 pub mod testing;
 pub mod toolchain;
 

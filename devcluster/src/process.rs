@@ -99,7 +99,7 @@ pub struct Started {
     /// The record kept in the endpoints file.
     pub record: ProcessRecord,
     child: Child,
-    component: &'static str,
+    component: String,
 }
 
 impl Started {
@@ -107,7 +107,7 @@ impl Started {
     pub fn check_running(&mut self) -> Result<()> {
         match self.child.try_wait() {
             Ok(Some(status)) => Err(Error::ProcessExited {
-                component: self.component,
+                component: self.component.clone(),
                 status: status.to_string(),
                 tail: tail_of(&self.record.log, 25),
                 log: self.record.log.clone(),
@@ -118,10 +118,16 @@ impl Started {
 }
 
 /// Starts `program` in its own process group, appending its output to `log`.
-pub fn spawn(
-    component: &'static str,
+pub fn spawn(component: &str, program: &Path, args: &[String], log: &Path) -> Result<Started> {
+    spawn_with_env(component, program, args, &[], log)
+}
+
+/// [`spawn`] with extra environment variables.
+pub fn spawn_with_env(
+    component: &str,
     program: &Path,
     args: &[String],
+    env: &[(String, String)],
     log: &Path,
 ) -> Result<Started> {
     if let Some(dir) = log.parent() {
@@ -135,13 +141,14 @@ pub fn spawn(
     let err = out.try_clone().map_err(Error::io("opening", log))?;
     let child = Command::new(program)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .process_group(0)
         .spawn()
         .map_err(|source| Error::Spawn {
-            component,
+            component: component.to_owned(),
             program: program.to_path_buf(),
             source,
         })?;
@@ -153,7 +160,7 @@ pub fn spawn(
             log: log.to_path_buf(),
         },
         child,
-        component,
+        component: component.to_owned(),
     })
 }
 

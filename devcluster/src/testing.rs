@@ -98,16 +98,31 @@ impl Target {
 
     /// Creates a fresh namespace `kt-<prefix>-<random>` labelled as a test namespace.
     pub async fn namespace(&self, prefix: &str) -> Result<String> {
+        self.namespace_with_labels(prefix, &[]).await
+    }
+
+    /// [`Target::namespace`], exempt from kubetemplater's admission webhooks (label
+    /// `kubetemplater.io/admission=disabled`): for tests of the CRD schema itself, which must
+    /// not depend on a policy being in place.
+    pub async fn namespace_without_admission(&self, prefix: &str) -> Result<String> {
+        self.namespace_with_labels(prefix, &[("kubetemplater.io/admission", "disabled")])
+            .await
+    }
+
+    async fn namespace_with_labels(&self, prefix: &str, extra: &[(&str, &str)]) -> Result<String> {
         let client = self.client().await?;
         let suffix: u32 = rand::rng().random_range(0..0xff_ffff);
         let name = format!("kt-{prefix}-{suffix:06x}");
+        let mut labels = BTreeMap::from([(TEST_NAMESPACE_LABEL.to_string(), "true".to_string())]);
+        labels.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                labels: Some(BTreeMap::from([(
-                    TEST_NAMESPACE_LABEL.to_string(),
-                    "true".to_string(),
-                )])),
+                labels: Some(labels),
                 ..ObjectMeta::default()
             },
             ..Namespace::default()
@@ -173,6 +188,11 @@ impl PrivateCluster {
     /// Its endpoints.
     pub fn endpoints(&self) -> &Endpoints {
         &self.cluster.endpoints
+    }
+
+    /// Its state directory.
+    pub fn layout(&self) -> &Layout {
+        &self.cluster.layout
     }
 
     /// As a [`Target`].

@@ -30,7 +30,7 @@ fn kubetemplate(name: &str) -> serde_json::Value {
 #[tokio::test]
 async fn status_update_does_not_bump_generation() -> Result<()> {
     let env = Env::get().await?;
-    let ns = env.namespace("status").await?;
+    let ns = env.namespace_without_admission("status").await?;
     let api = kubetemplate_api(&env, &ns);
     let created = api
         .create(
@@ -68,7 +68,7 @@ async fn status_update_does_not_bump_generation() -> Result<()> {
 #[tokio::test]
 async fn deleting_an_owner_garbage_collects_its_dependents() -> Result<()> {
     let env = Env::get().await?;
-    let ns = env.namespace("gc").await?;
+    let ns = env.namespace_without_admission("gc").await?;
     let templates = kubetemplate_api(&env, &ns);
     let owner = templates
         .create(
@@ -120,7 +120,7 @@ async fn deleting_an_owner_garbage_collects_its_dependents() -> Result<()> {
 #[tokio::test]
 async fn deleting_a_namespace_removes_its_contents() -> Result<()> {
     let env = Env::get().await?;
-    let ns = env.namespace("nsdel").await?;
+    let ns = env.namespace_without_admission("nsdel").await?;
     let configmaps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &ns);
     let cm: ConfigMap =
         serde_json::from_value(json!({"metadata": {"name": "content"}, "data": {"a": "b"}}))?;

@@ -95,7 +95,7 @@ async fn samples_of_both_apis_apply_with_kubectl() -> Result<()> {
 async fn manifests_from_the_original_docs_apply_unchanged() -> Result<()> {
     // The original's README example, verbatim in shape: policy + template.
     let env = Env::get().await?;
-    let ns = env.namespace("compat").await?;
+    let ns = env.namespace_without_admission("compat").await?;
     let manifest = format!(
         r#"
 apiVersion: kubetemplater.io/v1alpha1

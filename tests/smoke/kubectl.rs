@@ -45,7 +45,7 @@ async fn kubectl_explain_describes_our_fields() -> Result<()> {
 #[tokio::test]
 async fn printer_columns_show_phase_and_counts() -> Result<()> {
     let env = Env::get().await?;
-    let ns = env.namespace("columns").await?;
+    let ns = env.namespace_without_admission("columns").await?;
     let manifest = format!(
         "apiVersion: kubetemplater.io/v1alpha1\nkind: KubeTemplate\nmetadata:\n  name: cols\n  namespace: {ns}\nspec:\n  templates: []\n"
     );
@@ -98,7 +98,7 @@ fn apply_stdin_with(env: &Env, manifest: &str, extra: &[&str]) -> Result<String>
 #[tokio::test]
 async fn server_side_apply_conflict_between_managers_and_force() -> Result<()> {
     let env = Env::get().await?;
-    let ns = env.namespace("ssa").await?;
+    let ns = env.namespace_without_admission("ssa").await?;
     let cm = |value: &str| {
         format!(
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\n  namespace: {ns}\ndata:\n  owner: {value}\n"
@@ -152,7 +152,7 @@ async fn server_side_apply_conflict_between_managers_and_force() -> Result<()> {
 #[tokio::test]
 async fn kubectl_get_watch_streams_a_change() -> Result<()> {
     let env = Env::get().await?;
-    let ns = env.namespace("watch").await?;
+    let ns = env.namespace_without_admission("watch").await?;
     apply_stdin(
         &env,
         &format!(

@@ -49,6 +49,13 @@ impl Env {
         Ok(self.target.namespace(prefix).await?)
     }
 
+    /// A fresh namespace exempt from kubetemplater's admission webhooks, for tests of the API
+    /// server's own behaviour with our CRDs (schema, columns, SSA, watches, GC) that must not
+    /// depend on a KubeTemplatePolicy.
+    pub async fn namespace_without_admission(&self, prefix: &str) -> Result<String> {
+        Ok(self.target.namespace_without_admission(prefix).await?)
+    }
+
     /// Runs kubectl against the target; returns its output whatever the exit status.
     pub fn kubectl(&self, args: &[&str]) -> Result<Output> {
         self.target

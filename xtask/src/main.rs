@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the project's chores in one place.
 //!
-//! - `up`    build what is missing, start devcluster + Jaeger, install the CRDs, apply the samples
+//! - `up`    build what is missing, start devcluster + Jaeger, install the CRDs, start two webhook
+//!   replicas, apply the samples
 //! - `down`  stop everything `up` started
 //! - `test`  run every test, starting devcluster when needed (stopping it again afterwards)
 //! - `gen`   regenerate `deploy/crds/` (`--check` fails when the checked-in YAML is stale)
@@ -8,11 +9,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use devcluster::{ClusterConfig, Layout, testing, toolchain};
+use devcluster::{ClusterConfig, Layout, stack, testing, toolchain};
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "kubetemplater project chores")]
@@ -116,8 +117,9 @@ fn run_checked(mut cmd: Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Installs the CRDs (server-side apply), waits until they are Established, applies the samples.
-fn install(kubeconfig: &Path) -> Result<()> {
+/// Installs the CRDs (server-side apply) and waits until they are Established; on devcluster
+/// also applies `deploy/devcluster/` (system namespace, our components' RBAC).
+fn install_crds(kubeconfig: &Path, devcluster: bool) -> Result<()> {
     let root = repo();
     let mut apply = kubectl(kubeconfig);
     apply
@@ -133,24 +135,76 @@ fn install(kubeconfig: &Path) -> Result<()> {
     wait.args(["wait", "--for=condition=Established", "--timeout=60s", "-f"])
         .arg(root.join("deploy/crds"));
     run_checked(wait, "waiting for the CRDs to be Established")?;
-    let mut samples = kubectl(kubeconfig);
-    samples
-        .args([
-            "apply",
-            "--server-side",
-            "--field-manager=kubetemplater-samples",
-            "-f",
-        ])
-        .arg(root.join("deploy/samples"));
-    run_checked(samples, "applying the samples")?;
+    if devcluster {
+        stack::install_prerequisites(&Layout::shared(), kubeconfig)?;
+    }
     Ok(())
+}
+
+/// Applies the samples. A KubeTemplate can be refused for a second after its policy was created
+/// (the webhooks' policy caches are watch-fed), so a refusal is retried for up to 15 s.
+fn apply_samples(kubeconfig: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let output = kubectl(kubeconfig)
+            .args([
+                "apply",
+                "--server-side",
+                "--field-manager=kubetemplater-samples",
+                "-f",
+            ])
+            .arg(repo().join("deploy/samples"))
+            .output()
+            .context("running kubectl apply on deploy/samples")?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if Instant::now() >= deadline || !stderr.contains("denied the request") {
+            bail!("applying the samples failed:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Builds `kubetemplater-webhook` (same profile as the tests, so nothing is compiled twice) and
+/// (re)starts the devcluster's webhook replicas from it.
+async fn restart_webhooks(replicas: u32) -> Result<Vec<stack::Component>> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.current_dir(repo()).args([
+        "build",
+        "-p",
+        "kubetemplater-webhook",
+        "--bin",
+        "kubetemplater-webhook",
+    ]);
+    run_checked(build, "building kubetemplater-webhook")?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let binary = target_dir.join("debug/kubetemplater-webhook");
+    let layout = Layout::shared();
+    let endpoints = devcluster::Endpoints::load(&layout)?.context("devcluster is not running")?;
+    for old in stack::running(&endpoints, "webhook-") {
+        old.stop(Duration::from_secs(15));
+    }
+    let components = stack::start_webhooks(
+        &layout,
+        &endpoints,
+        &stack::WebhookConfig::new(binary, replicas, stack::WEBHOOK_PORT),
+    )
+    .await?;
+    Ok(components)
 }
 
 async fn up() -> Result<()> {
     let started = Instant::now();
     let cluster = devcluster::start(&ClusterConfig::shared()).await?;
     let e = &cluster.endpoints;
-    install(&e.kubeconfig)?;
+    install_crds(&e.kubeconfig, true)?;
+    let webhooks = restart_webhooks(2).await?;
+    apply_samples(&e.kubeconfig)?;
     let rel = |p: &Path| {
         p.strip_prefix(repo())
             .map(Path::to_path_buf)
@@ -186,6 +240,16 @@ async fn up() -> Result<()> {
             j.otlp_grpc, j.otlp_http
         );
     }
+    println!(
+        "  webhook          {} ({} replicas on one port; admin {})",
+        stack::webhook_url(stack::WEBHOOK_PORT),
+        webhooks.len(),
+        webhooks
+            .iter()
+            .map(|w| w.admin.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("  audit log        {}", rel(&e.audit_log).display());
     println!("  logs             {}/", rel(&e.logs).display());
     println!(
@@ -220,6 +284,7 @@ async fn test(kubeconfig: Option<PathBuf>, cargo_args: Vec<String>) -> Result<Ex
     // tests use devcluster's kubectl even against an external cluster.
     toolchain::ensure_all_built(&layout)?;
     let mut started_here = None;
+    let on_devcluster = kubeconfig.is_none();
     let admin_kubeconfig = match kubeconfig {
         Some(path) => {
             let path = std::fs::canonicalize(&path)
@@ -237,7 +302,11 @@ async fn test(kubeconfig: Option<PathBuf>, cargo_args: Vec<String>) -> Result<Ex
             path
         }
     };
-    install(&admin_kubeconfig)?;
+    install_crds(&admin_kubeconfig, on_devcluster)?;
+    if on_devcluster {
+        restart_webhooks(2).await?;
+    }
+    apply_samples(&admin_kubeconfig)?;
     cmd.args(&cargo_args);
     let status = cmd.status().context("running cargo test")?;
     // Test namespaces are deleted whether the tests passed or not.

@@ -1,0 +1,228 @@
+//! Our own components on top of a devcluster, run as local processes exactly as they would run
+//! in pods: each under its own API identity (`<component>.kubeconfig`), exporting traces to the
+//! cluster's Jaeger, logging to `logs/<component>.log`, recorded in `endpoints.json` so
+//! `cargo xtask down` (or dropping a [`PrivateCluster`](crate::testing::PrivateCluster)) stops
+//! them first.
+//!
+//! Webhook replicas (`webhook-0`, `webhook-1`, …) all listen on one address with `SO_REUSEPORT`
+//! and register themselves in kube-apiserver by URL (`https://127.0.0.1:<port>`) with the CA of
+//! the certificate they share through a Secret. Before starting them, [`install_prerequisites`]
+//! applies `deploy/devcluster/` (the system namespace and the components' RBAC).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::cluster::{Endpoints, record_components};
+use crate::error::{Error, Result};
+use crate::layout::{Layout, repo_root};
+use crate::process::{self, ProcessRecord};
+use crate::toolchain;
+
+/// Namespace of our components (certificate Secret, policies, bucket map).
+pub const SYSTEM_NAMESPACE: &str = "kubetemplater-system";
+
+/// Port the shared devcluster's webhook replicas listen on (the original's).
+pub const WEBHOOK_PORT: u16 = 9443;
+
+/// Address key in `endpoints.json` for the webhook's base URL.
+pub const WEBHOOK_ADDRESS: &str = "webhook";
+
+/// How to run the webhook replicas.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// The `kubetemplater-webhook` binary.
+    pub binary: PathBuf,
+    /// How many replicas (identities `webhook-0` …).
+    pub replicas: u32,
+    /// The shared review port on 127.0.0.1.
+    pub port: u16,
+    /// More flags for every replica.
+    pub extra_args: Vec<String>,
+    /// How long each replica may take to become ready.
+    pub ready_timeout: Duration,
+}
+
+impl WebhookConfig {
+    /// `replicas` replicas of `binary` on `port`.
+    pub fn new(binary: impl Into<PathBuf>, replicas: u32, port: u16) -> Self {
+        Self {
+            binary: binary.into(),
+            replicas,
+            port,
+            extra_args: Vec::new(),
+            ready_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// A component process we started.
+#[derive(Debug, Clone)]
+pub struct Component {
+    /// Its process.
+    pub record: ProcessRecord,
+    /// Its admin endpoint (`http://127.0.0.1:<port>`: /metrics, /healthz, /readyz).
+    pub admin: String,
+}
+
+/// The `kubetemplater-webhook` binary of this build profile, next to the test or xtask binary
+/// (`target/<profile>/`).
+pub fn binary_in_target_dir(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let mut dir = exe.parent()?;
+    // Test binaries live in target/<profile>/deps.
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent()?;
+    }
+    let candidate = dir.join(name);
+    candidate.is_file().then_some(candidate)
+}
+
+/// Applies `deploy/devcluster/` (system namespace, our components' RBAC) as admin.
+pub fn install_prerequisites(layout: &Layout, admin_kubeconfig: &Path) -> Result<()> {
+    let dir = repo_root().join("deploy/devcluster");
+    let output = std::process::Command::new(toolchain::binary_or_path(layout, "kubectl"))
+        .env("KUBECONFIG", admin_kubeconfig)
+        .args([
+            "apply",
+            "--server-side",
+            "--field-manager=kubetemplater-install",
+            "-f",
+        ])
+        .arg(&dir)
+        .output()
+        .map_err(Error::io("running kubectl apply on", &dir))?;
+    if !output.status.success() {
+        return Err(Error::Command {
+            what: format!("kubectl apply -f {}", dir.display()),
+            output: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Alive component processes whose name starts with `prefix` (e.g. `webhook-`).
+pub fn running(endpoints: &Endpoints, prefix: &str) -> Vec<ProcessRecord> {
+    endpoints
+        .components
+        .iter()
+        .filter(|c| c.component.starts_with(prefix) && c.is_alive())
+        .cloned()
+        .collect()
+}
+
+/// The base URL webhook replicas on `port` register.
+pub fn webhook_url(port: u16) -> String {
+    format!("https://127.0.0.1:{port}")
+}
+
+/// Starts the webhook replicas, waits until every one is ready (policy cache synced, certificate
+/// loaded, listener bound, configurations registered) and records them in `layout`.
+pub async fn start_webhooks(
+    layout: &Layout,
+    endpoints: &Endpoints,
+    config: &WebhookConfig,
+) -> Result<Vec<Component>> {
+    let mut started = Vec::new();
+    for i in 0..config.replicas {
+        let identity = format!("webhook-{i}");
+        let admin_port = crate::cluster::free_port()?;
+        let url = webhook_url(config.port);
+        let mut args: Vec<String> = [
+            "--listen-addr",
+            &format!("127.0.0.1:{}", config.port),
+            "--url",
+            &url,
+            "--namespace",
+            SYSTEM_NAMESPACE,
+            "--cert-ip-addresses",
+            "127.0.0.1",
+            "--cert-dns-names",
+            "localhost",
+            "--admin-addr",
+            &format!("127.0.0.1:{admin_port}"),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(config.extra_args.iter().cloned());
+        let env = component_env(endpoints, &identity);
+        let process = process::spawn_with_env(
+            &identity,
+            &config.binary,
+            &args,
+            &env,
+            &layout.log(&identity),
+        )?;
+        started.push((process, format!("http://127.0.0.1:{admin_port}")));
+    }
+    let mut components = Vec::new();
+    for (mut process, admin) in started {
+        wait_ready(&mut process, &admin, config.ready_timeout).await?;
+        components.push(Component {
+            record: process.record,
+            admin,
+        });
+    }
+    let records: Vec<_> = components.iter().map(|c| c.record.clone()).collect();
+    let mut addresses = vec![(WEBHOOK_ADDRESS.to_owned(), webhook_url(config.port))];
+    addresses.extend(
+        components
+            .iter()
+            .map(|c| (format!("{}.admin", c.record.component), c.admin.clone())),
+    );
+    record_components(layout, &records, &addresses)?;
+    Ok(components)
+}
+
+/// Environment of a component process: its identity's kubeconfig and OTLP export to Jaeger.
+pub fn component_env(endpoints: &Endpoints, identity: &str) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "KUBECONFIG".to_owned(),
+            endpoints.kubeconfig_for(identity).display().to_string(),
+        ),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES".to_owned(),
+            format!("service.instance.id={identity}"),
+        ),
+        // Export spans quickly so tests and people see them in Jaeger within a second.
+        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "200".to_owned()),
+    ];
+    if let Some(jaeger) = &endpoints.jaeger {
+        env.push((
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+            jaeger.otlp_grpc.clone(),
+        ));
+    }
+    env
+}
+
+async fn wait_ready(process: &mut process::Started, admin: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let url = format!("{admin}/readyz");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|source| Error::Http {
+            action: "building an HTTP client for readiness probes",
+            source,
+        })?;
+    loop {
+        process.check_running()?;
+        let last = match client.get(&url).send().await {
+            Ok(response) if response.status().is_success() => return Ok(()),
+            Ok(response) => response.text().await.unwrap_or_default().trim().to_owned(),
+            Err(error) => error.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(Error::NotReady {
+                component: process.record.component.clone(),
+                seconds: timeout.as_secs(),
+                last,
+                log: process.record.log.clone(),
+                tail: process::tail_of(&process.record.log, 25),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
