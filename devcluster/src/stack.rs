@@ -155,22 +155,30 @@ pub async fn start_webhooks(
         )?;
         started.push((process, format!("http://127.0.0.1:{admin_port}")));
     }
+    // Record them before waiting, so a failed start (or a crash of the caller) still leaves them
+    // to `cargo xtask down` / the private cluster's drop, and stop them all if one never gets
+    // ready.
+    let records: Vec<_> = started.iter().map(|(p, _)| p.record.clone()).collect();
+    let mut addresses = vec![(WEBHOOK_ADDRESS.to_owned(), webhook_url(config.port))];
+    addresses.extend(
+        started
+            .iter()
+            .map(|(p, admin)| (format!("{}.admin", p.record.component), admin.clone())),
+    );
+    record_components(layout, &records, &addresses)?;
     let mut components = Vec::new();
     for (mut process, admin) in started {
-        wait_ready(&mut process, &admin, config.ready_timeout).await?;
+        if let Err(error) = wait_ready(&mut process, &admin, config.ready_timeout).await {
+            for record in &records {
+                record.stop(Duration::from_secs(5));
+            }
+            return Err(error);
+        }
         components.push(Component {
             record: process.record,
             admin,
         });
     }
-    let records: Vec<_> = components.iter().map(|c| c.record.clone()).collect();
-    let mut addresses = vec![(WEBHOOK_ADDRESS.to_owned(), webhook_url(config.port))];
-    addresses.extend(
-        components
-            .iter()
-            .map(|c| (format!("{}.admin", c.record.component), c.admin.clone())),
-    );
-    record_components(layout, &records, &addresses)?;
     Ok(components)
 }
 

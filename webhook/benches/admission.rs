@@ -305,7 +305,17 @@ fn histogram(metrics: &str, webhook: &str) -> (Vec<(f64, f64)>, f64, f64) {
     (b, sum, count)
 }
 
-async fn apiserver_added() -> Option<Vec<ApiServerAdded>> {
+#[derive(Debug, serde::Serialize)]
+struct ApiServerPart {
+    /// Per webhook, from kube-apiserver's histogram.
+    webhooks: Vec<ApiServerAdded>,
+    /// Client-side dry-run create latency through both webhooks.
+    create_reviewed: Stats,
+    /// The same create in a namespace the webhooks skip.
+    create_exempt: Stats,
+}
+
+async fn apiserver_added() -> Option<ApiServerPart> {
     let layout = devcluster::Layout::shared();
     let endpoints = devcluster::Endpoints::load(&layout).ok().flatten()?;
     if devcluster::stack::running(&endpoints, "webhook-").is_empty() {
@@ -380,12 +390,38 @@ async fn apiserver_added() -> Option<Vec<ApiServerAdded>> {
         client.request_text(req).await.expect("apiserver /metrics")
     };
     let before = scrape().await;
+    let mut reviewed = Vec::with_capacity(200);
+    let start = Instant::now();
     for _ in 0..200 {
+        let t = Instant::now();
         templates.create(&dry_run, &object).await.ok()?;
+        reviewed.push(t.elapsed());
     }
+    let reviewed = stats(reviewed, start.elapsed());
     let after = scrape().await;
+    // The same create in a namespace the webhooks skip: the difference is what they add.
+    let exempt_ns = target
+        .namespace_without_admission("bench-exempt")
+        .await
+        .ok()?;
+    let exempt_api: kube::Api<DynamicObject> = kube::Api::namespaced_with(
+        client.clone(),
+        &exempt_ns,
+        &kube::api::ApiResource::erase::<api::KubeTemplate>(&()),
+    );
+    let mut exempt_object = object.clone();
+    exempt_object.metadata.namespace = Some(exempt_ns.clone());
+    let mut exempt = Vec::with_capacity(200);
+    let start = Instant::now();
+    for _ in 0..200 {
+        let t = Instant::now();
+        exempt_api.create(&dry_run, &exempt_object).await.ok()?;
+        exempt.push(t.elapsed());
+    }
+    let exempt = stats(exempt, start.elapsed());
     let _ = policies.delete(&ns, &Default::default()).await;
     let _ = target.delete_namespace(&ns).await;
+    let _ = target.delete_namespace(&exempt_ns).await;
     let mut out = Vec::new();
     for webhook in ["mbucket.kubetemplater.io", "vkubetemplate.kb.io"] {
         let (b0, s0, c0) = histogram(&before, webhook);
@@ -414,7 +450,11 @@ async fn apiserver_added() -> Option<Vec<ApiServerAdded>> {
             p99_ms_upper_bound: quantile(0.99),
         });
     }
-    Some(out)
+    Some(ApiServerPart {
+        webhooks: out,
+        create_reviewed: reviewed,
+        create_exempt: exempt,
+    })
 }
 
 fn main() {
@@ -441,8 +481,16 @@ fn main() {
         conc.p50_us, conc.p99_us, conc.per_second
     );
     let apiserver = runtime.block_on(apiserver_added());
-    if let Some(rows) = &apiserver {
-        for r in rows {
+    if let Some(part) = &apiserver {
+        println!(
+            "dry-run create through both webhooks (client side): p50 {:.2} ms, p99 {:.2} ms; exempt namespace: p50 {:.2} ms, p99 {:.2} ms; added: p50 {:.2} ms",
+            part.create_reviewed.p50_us / 1e3,
+            part.create_reviewed.p99_us / 1e3,
+            part.create_exempt.p50_us / 1e3,
+            part.create_exempt.p99_us / 1e3,
+            (part.create_reviewed.p50_us - part.create_exempt.p50_us) / 1e3
+        );
+        for r in &part.webhooks {
             println!(
                 "added by kube-apiserver, {:<26} {} calls: mean {:.2} ms, p50 <= {} ms, p99 <= {} ms",
                 r.webhook, r.calls, r.mean_ms, r.p50_ms_upper_bound, r.p99_ms_upper_bound

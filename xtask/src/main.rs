@@ -25,7 +25,11 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Build what is missing, start devcluster and Jaeger, install CRDs and apply the samples.
-    Up,
+    Up {
+        /// Run optimised builds of our components (for benchmarks; slower to build).
+        #[arg(long)]
+        release: bool,
+    },
     /// Stop everything `up` started (no process is left behind).
     Down,
     /// Run every test (unit, compatibility and end-to-end), starting devcluster when needed.
@@ -71,7 +75,7 @@ fn main() -> ExitCode {
 
 async fn run(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
-        Cmd::Up => up().await.map(|()| ExitCode::SUCCESS),
+        Cmd::Up { release } => up(release).await.map(|()| ExitCode::SUCCESS),
         Cmd::Down => down().map(|()| ExitCode::SUCCESS),
         Cmd::Test {
             kubeconfig,
@@ -169,7 +173,7 @@ fn apply_samples(kubeconfig: &Path) -> Result<()> {
 
 /// Builds `kubetemplater-webhook` (same profile as the tests, so nothing is compiled twice) and
 /// (re)starts the devcluster's webhook replicas from it.
-async fn restart_webhooks(replicas: u32) -> Result<Vec<stack::Component>> {
+async fn restart_webhooks(replicas: u32, release: bool) -> Result<Vec<stack::Component>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
     build.current_dir(repo()).args([
@@ -179,11 +183,16 @@ async fn restart_webhooks(replicas: u32) -> Result<Vec<stack::Component>> {
         "--bin",
         "kubetemplater-webhook",
     ]);
+    if release {
+        build.arg("--release");
+    }
     run_checked(build, "building kubetemplater-webhook")?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target"));
-    let binary = target_dir.join("debug/kubetemplater-webhook");
+    let binary = target_dir
+        .join(if release { "release" } else { "debug" })
+        .join("kubetemplater-webhook");
     let layout = Layout::shared();
     let endpoints = devcluster::Endpoints::load(&layout)?.context("devcluster is not running")?;
     for old in stack::running(&endpoints, "webhook-") {
@@ -198,12 +207,12 @@ async fn restart_webhooks(replicas: u32) -> Result<Vec<stack::Component>> {
     Ok(components)
 }
 
-async fn up() -> Result<()> {
+async fn up(release: bool) -> Result<()> {
     let started = Instant::now();
     let cluster = devcluster::start(&ClusterConfig::shared()).await?;
     let e = &cluster.endpoints;
     install_crds(&e.kubeconfig, true)?;
-    let webhooks = restart_webhooks(2).await?;
+    let webhooks = restart_webhooks(2, release).await?;
     apply_samples(&e.kubeconfig)?;
     let rel = |p: &Path| {
         p.strip_prefix(repo())
@@ -304,7 +313,7 @@ async fn test(kubeconfig: Option<PathBuf>, cargo_args: Vec<String>) -> Result<Ex
     };
     install_crds(&admin_kubeconfig, on_devcluster)?;
     if on_devcluster {
-        restart_webhooks(2).await?;
+        restart_webhooks(2, false).await?;
     }
     apply_samples(&admin_kubeconfig)?;
     cmd.args(&cargo_args);
