@@ -111,9 +111,39 @@ impl Default for AdminArgs {
     }
 }
 
+/// clap value parser for durations shared by every binary: `10s`, `5m`, `90d`, `1h30m` (jiff's
+/// friendly format; days are 24 h). Negative durations are refused.
+pub fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let span: jiff::Span = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration like 10s, 5m or 90d: {e}"))?;
+    let signed = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| format!("{text:?}: {e}"))?;
+    std::time::Duration::try_from(signed).map_err(|_| format!("{text:?} must not be negative"))
+}
+
 /// `None` for `None` and for empty / whitespace-only strings.
 pub(crate) fn non_empty(value: Option<String>) -> Option<String> {
     value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86_400)
+        );
+        assert!(parse_duration("soon").unwrap_err().contains("soon"));
+        assert!(parse_duration("-5s").is_err());
+    }
 }
 
 #[cfg(test)]

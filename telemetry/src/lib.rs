@@ -95,7 +95,9 @@ pub mod propagation;
 mod readiness;
 
 pub use admin::{AdminServer, AdminState, router, serve};
-pub use args::{AdminArgs, DEFAULT_ADMIN_ADDR, DEFAULT_LOG_DIRECTIVE, LogFormat, TelemetryArgs};
+pub use args::{
+    AdminArgs, DEFAULT_ADMIN_ADDR, DEFAULT_LOG_DIRECTIVE, LogFormat, TelemetryArgs, parse_duration,
+};
 pub use config::{OtelConfig, OtlpExport, OtlpProtocol, SamplerConfig, TelemetryConfig};
 pub use error::{Error, Result};
 pub use init::{TelemetryGuard, init, init_for_tests, init_with_config};

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use telemetry::{AdminArgs, TelemetryArgs};
+use telemetry::{AdminArgs, TelemetryArgs, parse_duration};
 
 use crate::registration::{ClientTarget, FailurePolicy, Registration};
 use crate::server::{DEFAULT_MAX_BODY_BYTES, Limits};
@@ -211,17 +211,6 @@ impl Args {
     }
 }
 
-/// Parses `10s`, `5m`, `90d`, `1h30m` (jiff's friendly format; days are 24 h).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let span: jiff::Span = text
-        .parse()
-        .map_err(|e| format!("{text:?} is not a duration like 10s, 5m or 90d: {e}"))?;
-    let signed = span
-        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-        .map_err(|e| format!("{text:?}: {e}"))?;
-    Duration::try_from(signed).map_err(|_| format!("{text:?} must not be negative"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,13 +260,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--tls-cert-file"), "{err}");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert!(parse_duration("soon").unwrap_err().contains("soon"));
-        assert!(parse_duration("-5s").is_err());
     }
 }

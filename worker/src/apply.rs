@@ -1,0 +1,271 @@
+//! Applying and deleting arbitrary objects: discovery (cached per apiVersion/kind), server-side
+//! apply under the field manager `kubetemplater`, `replace` on an invalid update, and deletes that
+//! only touch objects this template created.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use api::AppliedResource;
+use api::constants::{FIELD_MANAGER, LABEL_TEMPLATE_NAME, LABEL_TEMPLATE_NAMESPACE};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
+use kube::discovery::{ApiCapabilities, Scope};
+
+use crate::desired::DesiredObject;
+
+/// Why an apply or delete failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The API server does not serve the kind.
+    #[error("{api_version} {kind} is not served by the API server: {source}")]
+    UnknownKind {
+        /// apiVersion.
+        api_version: String,
+        /// kind.
+        kind: String,
+        /// Discovery's error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// Another field manager owns a field we set (server-side apply conflict).
+    #[error("{object}: conflict with another field manager: {message}")]
+    Conflict {
+        /// The object.
+        object: String,
+        /// The API server's message.
+        message: String,
+    },
+    /// The API server refused the object (schema, immutable field without `replace`).
+    #[error("{object}: invalid: {message}")]
+    Invalid {
+        /// The object.
+        object: String,
+        /// The API server's message.
+        message: String,
+    },
+    /// Any other API error.
+    #[error("{verb} {object}: {source}")]
+    Api {
+        /// apply, delete, get.
+        verb: &'static str,
+        /// The object.
+        object: String,
+        /// The error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+}
+
+impl ApplyError {
+    /// Short stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ApplyError::UnknownKind { .. } => "unknown_kind",
+            ApplyError::Conflict { .. } => "conflict",
+            ApplyError::Invalid { .. } => "invalid",
+            ApplyError::Api { .. } => "api",
+        }
+    }
+}
+
+/// What discovery says about a kind.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// For building an `Api`.
+    pub resource: ApiResource,
+    /// Namespaced or cluster-scoped.
+    pub namespaced: bool,
+}
+
+/// Applies objects of any kind. Cheap to share (`Arc` inside).
+#[derive(Clone)]
+pub struct Applier {
+    client: kube::Client,
+    kinds: Arc<RwLock<HashMap<(String, String), Resolved>>>,
+}
+
+impl std::fmt::Debug for Applier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applier").finish_non_exhaustive()
+    }
+}
+
+fn split_api_version(api_version: &str) -> (&str, &str) {
+    api_version.split_once('/').unwrap_or(("", api_version))
+}
+
+impl Applier {
+    /// An applier using `client`.
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            client,
+            kinds: Arc::default(),
+        }
+    }
+
+    /// Discovery for `api_version`/`kind`, cached (one request per kind per process; a kind that
+    /// is not found is asked again next time, as a CRD may have been installed meanwhile).
+    pub async fn resolve(&self, api_version: &str, kind: &str) -> Result<Resolved, ApplyError> {
+        let key = (api_version.to_owned(), kind.to_owned());
+        if let Some(found) = self.read().get(&key) {
+            return Ok(found.clone());
+        }
+        let (group, version) = split_api_version(api_version);
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let (resource, caps): (ApiResource, ApiCapabilities) =
+            kube::discovery::pinned_kind(&self.client, &gvk)
+                .await
+                .map_err(|source| ApplyError::UnknownKind {
+                    api_version: api_version.to_owned(),
+                    kind: kind.to_owned(),
+                    source: Box::new(source),
+                })?;
+        let resolved = Resolved {
+            resource,
+            namespaced: caps.scope == Scope::Namespaced,
+        };
+        self.write().insert(key, resolved.clone());
+        Ok(resolved)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(String, String), Resolved>> {
+        // Poisoning cannot leave the map inconsistent (single inserts); keep using it.
+        self.kinds.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, String), Resolved>> {
+        self.kinds.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn api(&self, resolved: &Resolved, namespace: Option<&str>) -> Api<DynamicObject> {
+        match namespace {
+            Some(ns) if resolved.namespaced => {
+                Api::namespaced_with(self.client.clone(), ns, &resolved.resource)
+            }
+            _ => Api::all_with(self.client.clone(), &resolved.resource),
+        }
+    }
+
+    /// Server-side applies `desired` under the field manager `kubetemplater`. Not `force`d, a
+    /// field owned by another manager is an [`ApplyError::Conflict`] (the original's behaviour for
+    /// template changes); `force` takes such fields back (the original's drift correction).
+    /// With `replace`, an update refused as invalid (e.g. an immutable field) deletes the object
+    /// and applies it again. Returns the resolved kind (for the namespaced flag).
+    pub async fn apply(
+        &self,
+        desired: &DesiredObject,
+        force: bool,
+    ) -> Result<Resolved, ApplyError> {
+        let resolved = self.resolve(&desired.api_version, &desired.kind).await?;
+        let mut object = desired.object.clone();
+        if !resolved.namespaced
+            && let Some(meta) = object.get_mut("metadata").and_then(|m| m.as_object_mut())
+        {
+            meta.remove("namespace");
+        }
+        let api = self.api(&resolved, Some(&desired.namespace));
+        let mut params = PatchParams::apply(FIELD_MANAGER);
+        params.force = force;
+        let result = api
+            .patch(&desired.name, &params, &Patch::Apply(&object))
+            .await;
+        match result {
+            Ok(_) => Ok(resolved),
+            Err(kube::Error::Api(status)) if status.code == 422 && desired.replace => {
+                tracing::info!(object = %desired.describe(), reason = %status.message, "update refused; replacing the object (replace: true)");
+                match api.delete(&desired.name, &DeleteParams::foreground()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(source) => {
+                        return Err(ApplyError::Api {
+                            verb: "delete",
+                            object: desired.describe(),
+                            source: Box::new(source),
+                        });
+                    }
+                }
+                // The foreground delete may still be in progress; the next apply either creates
+                // the object or fails and is retried by the queue.
+                api.patch(&desired.name, &params, &Patch::Apply(&object))
+                    .await
+                    .map(|_| resolved)
+                    .map_err(|e| self.classify(desired, e))
+            }
+            Err(e) => Err(self.classify(desired, e)),
+        }
+    }
+
+    fn classify(&self, desired: &DesiredObject, error: kube::Error) -> ApplyError {
+        match error {
+            kube::Error::Api(status) if status.code == 409 => ApplyError::Conflict {
+                object: desired.describe(),
+                message: status.message,
+            },
+            kube::Error::Api(status) if status.code == 422 => ApplyError::Invalid {
+                object: desired.describe(),
+                message: status.message,
+            },
+            source => ApplyError::Api {
+                verb: "apply",
+                object: desired.describe(),
+                source: Box::new(source),
+            },
+        }
+    }
+
+    /// Deletes an object this template applied, but only if it still carries the template's
+    /// labels (someone may have taken the name over since). Absent objects are fine.
+    pub async fn delete_owned(
+        &self,
+        reference: &AppliedResource,
+        template_namespace: &str,
+        template_name: &str,
+    ) -> Result<(), ApplyError> {
+        let describe = || {
+            format!(
+                "{} {}/{}",
+                reference.kind,
+                reference.namespace.as_deref().unwrap_or(""),
+                reference.name
+            )
+        };
+        let resolved = match self.resolve(&reference.api_version, &reference.kind).await {
+            Ok(r) => r,
+            // The kind is gone (CRD deleted): so are its objects.
+            Err(ApplyError::UnknownKind { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let api = self.api(&resolved, reference.namespace.as_deref());
+        let current = api
+            .get_metadata_opt(&reference.name)
+            .await
+            .map_err(|source| ApplyError::Api {
+                verb: "get",
+                object: describe(),
+                source: Box::new(source),
+            })?;
+        let Some(current) = current else {
+            return Ok(());
+        };
+        let labels = current.metadata.labels.unwrap_or_default();
+        let ours = labels.get(LABEL_TEMPLATE_NAME).map(String::as_str) == Some(template_name)
+            && labels.get(LABEL_TEMPLATE_NAMESPACE).map(String::as_str) == Some(template_namespace);
+        if !ours {
+            tracing::info!(object = %describe(), "not deleting: it no longer carries this template's labels");
+            return Ok(());
+        }
+        match api
+            .delete(&reference.name, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(source) => Err(ApplyError::Api {
+                verb: "delete",
+                object: describe(),
+                source: Box::new(source),
+            }),
+        }
+    }
+}

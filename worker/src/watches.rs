@@ -1,0 +1,262 @@
+//! Watches limited to the buckets this worker owns: never a cluster-wide watch filtered on the
+//! client.
+//!
+//! Owned buckets are grouped into chunks of at most [`CHUNK`] buckets; each chunk is one
+//! kube-runtime reflector over KubeTemplates with the label selector
+//! `kubetemplater.io/bucket in (b1,…,bn)` and its own store. A grant starts new chunks; a revoke
+//! restarts only the chunks that held a revoked bucket (without it), so moving one bucket relists
+//! at most one chunk's objects, not everything the worker owns. Every object a chunk's watch
+//! delivers (initial list included) is sent on the event channel for the work queue.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use api::KubeTemplate;
+use api::constants::LABEL_BUCKET;
+use futures::StreamExt as _;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Most buckets one watch covers.
+pub const CHUNK: usize = 32;
+
+/// Identifies a template in the queue: its namespace, name and bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TemplateKey {
+    /// Bucket (from the label; equals the bucket of the namespace).
+    pub bucket: u32,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for TemplateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{} (bucket {})",
+            self.namespace, self.name, self.bucket
+        )
+    }
+}
+
+/// Something happened to a template of an owned bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateEvent {
+    /// Which template.
+    pub key: TemplateKey,
+    /// Whether it comes from the initial list of a (re)started watch rather than a change.
+    pub initial: bool,
+}
+
+struct Chunk {
+    buckets: BTreeSet<u32>,
+    store: Store<KubeTemplate>,
+    cancel: CancellationToken,
+}
+
+/// The bucket-scoped template watches of one worker.
+#[derive(Clone)]
+pub struct TemplateWatches {
+    client: kube::Client,
+    events: mpsc::Sender<TemplateEvent>,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    chunks: BTreeMap<u64, Chunk>,
+    chunk_of: BTreeMap<u32, u64>,
+}
+
+impl std::fmt::Debug for TemplateWatches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("TemplateWatches")
+            .field("chunks", &state.chunks.len())
+            .field("buckets", &state.chunk_of.len())
+            .finish()
+    }
+}
+
+impl TemplateWatches {
+    /// No watches yet; events go to `events`.
+    pub fn new(client: kube::Client, events: mpsc::Sender<TemplateEvent>) -> Self {
+        Self {
+            client,
+            events,
+            state: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every mutation below is a few map operations that leave the state consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts watching `buckets` (those already watched are ignored).
+    pub fn add(&self, buckets: &[u32]) {
+        let mut state = self.lock();
+        let new: Vec<u32> = buckets
+            .iter()
+            .copied()
+            .filter(|b| !state.chunk_of.contains_key(b))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for group in new.chunks(CHUNK) {
+            let set: BTreeSet<u32> = group.iter().copied().collect();
+            self.start_chunk(&mut state, set);
+        }
+    }
+
+    /// Stops watching `buckets`; chunks that also held other buckets restart without them.
+    pub fn remove(&self, buckets: &[u32]) {
+        let mut state = self.lock();
+        let affected: BTreeSet<u64> = buckets
+            .iter()
+            .filter_map(|b| state.chunk_of.get(b).copied())
+            .collect();
+        let gone: BTreeSet<u32> = buckets.iter().copied().collect();
+        for id in affected {
+            let Some(chunk) = state.chunks.remove(&id) else {
+                continue;
+            };
+            chunk.cancel.cancel();
+            for b in &chunk.buckets {
+                state.chunk_of.remove(b);
+            }
+            let rest: BTreeSet<u32> = chunk.buckets.difference(&gone).copied().collect();
+            if !rest.is_empty() {
+                self.start_chunk(&mut state, rest);
+            }
+        }
+    }
+
+    /// Stops every watch.
+    pub fn clear(&self) {
+        let mut state = self.lock();
+        for chunk in state.chunks.values() {
+            chunk.cancel.cancel();
+        }
+        state.chunks.clear();
+        state.chunk_of.clear();
+    }
+
+    /// Buckets being watched.
+    pub fn buckets(&self) -> BTreeSet<u32> {
+        self.lock().chunk_of.keys().copied().collect()
+    }
+
+    /// The cached template for `key`, if its bucket is watched and the object exists.
+    pub fn get(&self, key: &TemplateKey) -> Option<Arc<KubeTemplate>> {
+        let state = self.lock();
+        let id = state.chunk_of.get(&key.bucket)?;
+        let chunk = state.chunks.get(id)?;
+        chunk
+            .store
+            .get(&ObjectRef::new(&key.name).within(&key.namespace))
+    }
+
+    /// Keys of every cached template of `buckets` (for a resync).
+    pub fn keys(&self, buckets: &BTreeSet<u32>) -> Vec<TemplateKey> {
+        let state = self.lock();
+        state
+            .chunks
+            .values()
+            .filter(|c| !c.buckets.is_disjoint(buckets))
+            .flat_map(|c| c.store.state())
+            .filter_map(|t| key_of(&t))
+            .filter(|k| buckets.contains(&k.bucket))
+            .collect()
+    }
+
+    fn start_chunk(&self, state: &mut State, buckets: BTreeSet<u32>) {
+        let id = state.next_id;
+        state.next_id += 1;
+        let selector = format!(
+            "{LABEL_BUCKET} in ({})",
+            buckets
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let (store, writer) = reflector::store();
+        let cancel = CancellationToken::new();
+        for b in &buckets {
+            state.chunk_of.insert(*b, id);
+        }
+        state.chunks.insert(
+            id,
+            Chunk {
+                buckets,
+                store,
+                cancel: cancel.clone(),
+            },
+        );
+        let api: Api<KubeTemplate> = Api::all(self.client.clone());
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let config = watcher::Config::default().labels(&selector);
+            let mut stream = reflector::reflector(writer, watcher::watcher(api, config))
+                .default_backoff()
+                .boxed();
+            let mut initial = false;
+            loop {
+                let event = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    e = stream.next() => e,
+                };
+                let templates: Vec<(KubeTemplate, bool)> = match event {
+                    None => return,
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, %selector, "template watch failed; retrying");
+                        continue;
+                    }
+                    Some(Ok(watcher::Event::Init)) => {
+                        initial = true;
+                        continue;
+                    }
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        initial = false;
+                        continue;
+                    }
+                    Some(Ok(watcher::Event::InitApply(t))) => vec![(t, true)],
+                    Some(Ok(watcher::Event::Apply(t))) => vec![(t, initial)],
+                    Some(Ok(watcher::Event::Delete(_))) => continue,
+                };
+                for (template, initial) in templates {
+                    let Some(key) = key_of(&template) else {
+                        continue;
+                    };
+                    // Backpressure: a full queue channel slows the watch, it never drops events.
+                    if events.send(TemplateEvent { key, initial }).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The queue key of a template, from its namespace, name and bucket label.
+pub fn key_of(template: &KubeTemplate) -> Option<TemplateKey> {
+    let bucket = template
+        .metadata
+        .labels
+        .as_ref()?
+        .get(LABEL_BUCKET)?
+        .parse()
+        .ok()?;
+    Some(TemplateKey {
+        bucket,
+        namespace: template.metadata.namespace.clone()?,
+        name: template.metadata.name.clone()?,
+    })
+}
