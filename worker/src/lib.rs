@@ -3,5 +3,7 @@ pub mod apply;
 pub mod config;
 pub mod desired;
 pub mod metrics;
+pub mod ownership;
 pub mod reconcile;
+pub mod session;
 pub mod watches;
