@@ -1,0 +1,4 @@
+//! The coordinator.
+
+pub mod counts;
+pub mod handoff;
