@@ -2,3 +2,4 @@
 
 pub mod counts;
 pub mod handoff;
+pub mod store;

@@ -69,3 +69,43 @@ async fn counts_and_backfill() {
     .await;
     cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_map_is_persisted_and_a_second_writer_is_refused() {
+    use coordinator::handoff::Slot;
+    use coordinator::store::{MapStore, StoreError};
+    let target = devcluster::testing::target().await.unwrap();
+    let client = target.client().await.unwrap();
+    let ns = target.namespace("map").await.unwrap();
+    let mut leader = MapStore::new(client.clone(), &ns, "bucket-map", 8);
+    let mut slots = leader.load().await.unwrap();
+    assert_eq!(slots, vec![Slot::default(); 8]);
+    slots[3] = Slot {
+        owner: Some("worker-1".into()),
+        epoch: 1,
+    };
+    leader.save(&slots).await.unwrap();
+    slots[3].epoch = 2;
+    leader.save(&slots).await.unwrap();
+
+    let mut successor = MapStore::new(client.clone(), &ns, "bucket-map", 8);
+    assert_eq!(
+        successor.load().await.unwrap(),
+        slots,
+        "a new leader starts from the stored map"
+    );
+    let mut newer = slots.clone();
+    newer[3].epoch = 3;
+    successor.save(&newer).await.unwrap();
+    // The old leader's next write is refused: it must stop acting.
+    assert!(matches!(
+        leader.save(&slots).await,
+        Err(StoreError::Superseded { .. })
+    ));
+    // And a map for another B is refused on load.
+    let mut wrong = MapStore::new(client, &ns, "bucket-map", 16);
+    assert!(matches!(
+        wrong.load().await,
+        Err(StoreError::Invalid { .. })
+    ));
+}
