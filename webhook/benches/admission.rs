@@ -18,7 +18,7 @@ use api::{KubeTemplatePolicy, KubeTemplatePolicySpec};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionReview};
 use serde_json::{Value, json};
-use webhook::cache::PolicyCache;
+use webhook::PolicyCache;
 use webhook::metrics::Metrics;
 use webhook::review::{Operation, Reviewer};
 use webhook::server::{self, Limits};
@@ -107,7 +107,7 @@ fn review_json() -> Value {
 }
 
 fn reviewer() -> Reviewer {
-    let cache = Arc::new(PolicyCache::new(Metrics::default()));
+    let cache = Arc::new(PolicyCache::new(Arc::new(Metrics::default())));
     cache.reset(&[policy()]);
     Reviewer::new(
         cache,

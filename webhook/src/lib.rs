@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! main ─► Args ─► run
-//!   ├─ cache::PolicyCache::run        watch KubeTemplatePolicies → compiled index (readiness: synced)
+//!   ├─ runtime::policies::PolicyCache watch KubeTemplatePolicies → compiled index (readiness: synced)
 //!   ├─ certs::maintain                Secret (or files) → watch channel of ServingCert
 //!   ├─ registration::maintain         CA bundle → Validating/MutatingWebhookConfiguration (SSA)
 //!   ├─ server::serve_tls              rustls (reloading resolver) → hyper h1/h2 → review::Reviewer
@@ -16,7 +16,6 @@
 //! kernel only hands connections to bound sockets). SIGTERM/SIGINT stop accepting, finish
 //! in-flight reviews and return.
 
-pub mod cache;
 pub mod certs;
 pub mod config;
 pub mod metrics;
@@ -34,10 +33,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Args;
 
-use crate::cache::PolicyCache;
 use crate::certs::{CertSource, FileSource, SecretSource};
 use crate::metrics::Metrics;
 use crate::review::Reviewer;
+pub use runtime::policies::PolicyCache;
 
 const READY_POLICIES: &str = "policy-cache";
 const READY_CERTIFICATE: &str = "certificate";
@@ -84,7 +83,7 @@ pub async fn run(
         }
     });
 
-    let cache = Arc::new(PolicyCache::new(metrics.clone()));
+    let cache = Arc::new(PolicyCache::new(Arc::new(metrics.clone())));
     tasks.spawn(cache.clone().run(
         client.clone(),
         args.policy_namespace().to_owned(),

@@ -198,6 +198,18 @@ impl Metrics {
     }
 }
 
+impl runtime::policies::CacheObserver for Metrics {
+    fn lookup(&self, hit: bool) {
+        self.observe_lookup(hit);
+    }
+    fn compiled(&self) {
+        self.observe_compilation();
+    }
+    fn policies(&self, count: usize) {
+        self.set_policies(count);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation as Ad
 use serde::Deserialize as _;
 use serde_json::{Map, Value};
 
-use crate::cache::PolicyCache;
+use crate::PolicyCache;
 use crate::metrics::Verdict;
 
 /// The review endpoints the webhook serves.

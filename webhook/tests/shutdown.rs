@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::bytes::Bytes;
 use tokio_util::sync::CancellationToken;
-use webhook::cache::PolicyCache;
+use webhook::PolicyCache;
 use webhook::certs::ServingCert;
 use webhook::metrics::Metrics;
 use webhook::review::{Operation, Reviewer};
@@ -24,7 +24,7 @@ async fn in_flight_review_finishes_and_new_connections_are_refused() {
     let listener = server::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
     let port = listener.local_addr().unwrap().port();
     let metrics = Metrics::default();
-    let cache = Arc::new(PolicyCache::new(metrics.clone()));
+    let cache = Arc::new(PolicyCache::new(Arc::new(metrics.clone())));
     cache.reset(&[]);
     let reviewer = Reviewer::new(
         cache,

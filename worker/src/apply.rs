@@ -214,6 +214,29 @@ impl Applier {
         }
     }
 
+    /// Whether the live object differs from `desired` in a field `desired` sets (or is missing):
+    /// one GET, no write. Values are compared as JSON; objects by the keys `desired` has (fields
+    /// the API server or others added are ignored); lists element by element, same length.
+    pub async fn drifted(&self, desired: &DesiredObject) -> Result<bool, ApplyError> {
+        let resolved = self.resolve(&desired.api_version, &desired.kind).await?;
+        let api = self.api(&resolved, Some(&desired.namespace));
+        let live = api
+            .get_opt(&desired.name)
+            .await
+            .map_err(|source| ApplyError::Api {
+                verb: "get",
+                object: desired.describe(),
+                source: Box::new(source),
+            })?;
+        let Some(live) = live else { return Ok(true) };
+        let live = serde_json::to_value(&live).unwrap_or_default();
+        let mut wanted = desired.object.clone();
+        if let Some(meta) = wanted.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            meta.remove("namespace");
+        }
+        Ok(!contains(&live, &wanted))
+    }
+
     /// Deletes an object this template applied, but only if it still carries the template's
     /// labels (someone may have taken the name over since). Absent objects are fine.
     pub async fn delete_owned(
@@ -267,5 +290,46 @@ impl Applier {
                 source: Box::new(source),
             }),
         }
+    }
+}
+
+/// Whether `live` has every value `wanted` sets (see [`Applier::drifted`]).
+pub fn contains(live: &serde_json::Value, wanted: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (live, wanted) {
+        (Value::Object(l), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| l.get(k).is_some_and(|lv| contains(lv, wv)) || wv.is_null()),
+        (Value::Array(l), Value::Array(w)) => {
+            l.len() == w.len() && l.iter().zip(w).all(|(lv, wv)| contains(lv, wv))
+        }
+        (Value::Number(l), Value::Number(w)) => l.as_f64() == w.as_f64(),
+        (l, w) => l == w,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains;
+    use serde_json::json;
+
+    #[test]
+    fn subset_comparison() {
+        let live = json!({"metadata": {"name": "a", "uid": "x", "labels": {"a": "1", "b": "2"}}, "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicy": "Always"}]}}}});
+        assert!(contains(
+            &live,
+            &json!({"metadata": {"labels": {"a": "1"}}, "spec": {"replicas": 2}})
+        ));
+        assert!(contains(
+            &live,
+            &json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}})
+        ));
+        assert!(!contains(&live, &json!({"spec": {"replicas": 3}})));
+        assert!(!contains(
+            &live,
+            &json!({"spec": {"template": {"spec": {"containers": [{"name": "c"}, {"name": "d"}]}}}})
+        ));
+        assert!(!contains(&live, &json!({"data": {"k": "v"}})));
+        assert!(contains(&json!({"n": 1.0}), &json!({"n": 1})));
     }
 }

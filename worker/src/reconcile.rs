@@ -42,6 +42,12 @@ pub trait PolicySource: Send + Sync {
     fn lookup(&self, namespace: &str) -> Vec<Arc<CompiledPolicy>>;
 }
 
+impl PolicySource for runtime::policies::PolicyCache {
+    fn lookup(&self, namespace: &str) -> Vec<Arc<CompiledPolicy>> {
+        runtime::policies::PolicyCache::lookup(self, namespace)
+    }
+}
+
 /// Why a reconcile was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -180,8 +186,43 @@ impl Reconciler {
         let unchanged = status.observed_generation == template.metadata.generation
             && status.processing_phase.as_deref() == Some(PHASE_COMPLETED)
             && status.applied_spec_hash.as_deref() == Some(spec_hash.as_str());
-        if unchanged && trigger != Trigger::Drift {
+        let wanted = desired(template, bucket);
+        if unchanged && trigger == Trigger::Change {
             return Ok(Outcome::Unchanged);
+        }
+        if unchanged && trigger == Trigger::Resync {
+            // The safety resync: reads only; objects changed or deleted behind our back are put
+            // back (by force: someone else took fields we own), as the original's drift check.
+            let mut drifted = Vec::new();
+            for object in &wanted.objects {
+                match self.applier.drifted(object).await {
+                    Ok(true) => drifted.push(object),
+                    Ok(false) => {}
+                    Err(e) => return Err(ReconcileError::Objects(vec![e])),
+                }
+            }
+            if drifted.is_empty() {
+                return Ok(Outcome::Unchanged);
+            }
+            let mut errors = Vec::new();
+            for object in &drifted {
+                if let Err(e) = self.applier.apply(object, true).await {
+                    errors.push(e);
+                }
+            }
+            let mut next = status.clone();
+            next.last_drift_detected = Some(Time(jiff::Timestamp::now()));
+            next.drift_detection_count = Some(status.drift_detection_count.unwrap_or(0) + 1);
+            self.write_status(&api, template, &status, next).await?;
+            tracing::info!(template = %template_ref(), objects = drifted.len(), "drift corrected");
+            return if errors.is_empty() {
+                Ok(Outcome::Applied {
+                    applied: drifted.len(),
+                    pruned: 0,
+                })
+            } else {
+                Err(ReconcileError::Objects(errors))
+            };
         }
 
         if !template.finalizers().iter().any(|f| f == FINALIZER) {
@@ -210,18 +251,23 @@ impl Reconciler {
             return Ok(Outcome::Denied);
         }
 
-        let wanted = desired(template, bucket);
         // Drift is corrected by force (someone else changed fields we own); a template change is
         // applied without force, so a field another manager owns is reported as a conflict.
         let force = trigger == Trigger::Drift;
-        let results: Vec<_> = stream::iter(wanted.objects.iter())
-            .map(|object| async move { (object, self.applier.apply(object, force).await) })
+        // Owned inputs per future (indexes, a cloned applier): a closure over borrowed items
+        // makes the future not provably `Send` for every lifetime (a rustc limitation).
+        let applies = wanted.objects.iter().cloned().enumerate().map(|(i, object)| {
+            let applier = self.applier.clone();
+            async move { (i, applier.apply(&object, force).await) }
+        });
+        let results: Vec<_> = stream::iter(applies)
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
         let mut applied_refs = Vec::new();
         let mut errors = Vec::new();
-        for (object, result) in results {
+        for (i, result) in results {
+            let object = &wanted.objects[i];
             match result {
                 Ok(resolved) => applied_refs.push(object.reference(resolved.namespaced)),
                 Err(e) => errors.push(e),

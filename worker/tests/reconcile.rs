@@ -160,6 +160,31 @@ async fn apply_idle_edit_prune_delete() {
         "no status write"
     );
 
+    // The safety resync: reads only while nothing drifted; a deleted object comes back and the
+    // drift is counted.
+    assert_eq!(
+        reconciler
+            .reconcile(&kt, "5", Trigger::Resync)
+            .await
+            .unwrap(),
+        Outcome::Unchanged
+    );
+    there.delete("b", &DeleteParams::default()).await.unwrap();
+    assert_eq!(
+        reconciler
+            .reconcile(&kt, "5", Trigger::Resync)
+            .await
+            .unwrap(),
+        Outcome::Applied {
+            applied: 1,
+            pruned: 0
+        }
+    );
+    assert!(there.get("b").await.is_ok(), "b is back");
+    let status = templates.get("web").await.unwrap().status.unwrap();
+    assert_eq!(status.drift_detection_count, Some(1));
+    assert!(status.last_drift_detected.is_some());
+
     // Edit: drop b, change a: a is updated, b is pruned.
     let mut kt = templates.get("web").await.unwrap();
     kt.spec = serde_json::from_value(json!({"templates": [configmap("a", None, "2")]})).unwrap();

@@ -8,7 +8,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionReview};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::cache::PolicyCache;
+use crate::PolicyCache;
 use crate::metrics::Metrics;
 
 const POLICY_NS: &str = "kubetemplater-system";
@@ -43,7 +43,7 @@ fn team_a_policy() -> KubeTemplatePolicy {
 }
 
 fn reviewer(policies: &[KubeTemplatePolicy]) -> Reviewer {
-    let cache = Arc::new(PolicyCache::new(Metrics::default()));
+    let cache = Arc::new(PolicyCache::new(Arc::new(Metrics::default())));
     cache.reset(policies);
     Reviewer::new(cache, engine::bucket::DEFAULT_BUCKET_COUNT, POLICY_NS)
 }

@@ -8,11 +8,11 @@ use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
 use super::*;
-use crate::cache::PolicyCache;
+use crate::PolicyCache;
 
 fn app(limits: Limits) -> (Router, Metrics) {
     let metrics = Metrics::default();
-    let cache = Arc::new(PolicyCache::new(metrics.clone()));
+    let cache = Arc::new(PolicyCache::new(Arc::new(metrics.clone())));
     cache.reset(&[]);
     let reviewer = Reviewer::new(
         cache,

@@ -31,8 +31,6 @@ use kube::{Resource as _, ResourceExt as _};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
-
 /// One cached policy.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -89,17 +87,33 @@ impl Index {
     }
 }
 
+/// What the cache reports, for metrics (the webhook counts hits and misses, the worker may not).
+pub trait CacheObserver: Send + Sync + std::fmt::Debug {
+    /// A lookup found (`true`) or did not find a policy.
+    fn lookup(&self, _hit: bool) {}
+    /// A policy generation was compiled.
+    fn compiled(&self) {}
+    /// The number of cached policies changed.
+    fn policies(&self, _count: usize) {}
+}
+
+/// An observer that records nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoObserver;
+
+impl CacheObserver for NoObserver {}
+
 /// The watch-fed, compiled policy index. Share it with `Arc`.
 #[derive(Debug)]
 pub struct PolicyCache {
     index: RwLock<Index>,
-    metrics: Metrics,
+    metrics: Arc<dyn CacheObserver>,
     synced: watch::Sender<bool>,
 }
 
 impl PolicyCache {
-    /// An empty, not yet synced cache.
-    pub fn new(metrics: Metrics) -> Self {
+    /// An empty, not yet synced cache reporting to `metrics`.
+    pub fn new(metrics: Arc<dyn CacheObserver>) -> Self {
         Self {
             index: RwLock::new(Index::default()),
             metrics,
@@ -123,7 +137,7 @@ impl PolicyCache {
                 })
                 .unwrap_or_default()
         };
-        self.metrics.observe_lookup(!found.is_empty());
+        self.metrics.lookup(!found.is_empty());
         found
     }
 
@@ -164,14 +178,14 @@ impl PolicyCache {
         let (name, entry) = self.entry_for(policy);
         let mut index = self.write();
         index.insert(name, entry);
-        self.metrics.set_policies(index.by_name.len());
+        self.metrics.policies(index.by_name.len());
     }
 
     /// Removes one policy.
     pub fn delete(&self, name: &str) {
         let mut index = self.write();
         index.remove(name);
-        self.metrics.set_policies(index.by_name.len());
+        self.metrics.policies(index.by_name.len());
     }
 
     /// Replaces the whole index with `policies` (after a relist) and marks the cache synced.
@@ -183,7 +197,7 @@ impl PolicyCache {
         }
         let n = fresh.by_name.len();
         *self.write() = fresh;
-        self.metrics.set_policies(n);
+        self.metrics.policies(n);
         self.synced.send_replace(true);
     }
 
@@ -197,7 +211,7 @@ impl PolicyCache {
             return (name, entry);
         }
         let compiled = Arc::new(CompiledPolicy::compile(policy));
-        self.metrics.observe_compilation();
+        self.metrics.compiled();
         for problem in compiled.problems() {
             tracing::warn!(policy = %name, %problem, "KubeTemplatePolicy has a problem; templates touching it are denied");
         }
@@ -301,7 +315,7 @@ mod tests {
     }
 
     fn cache() -> PolicyCache {
-        PolicyCache::new(Metrics::default())
+        PolicyCache::new(Arc::new(NoObserver))
     }
 
     #[test]

@@ -1,0 +1,3 @@
+//! Runtime glue.
+
+pub mod policies;
