@@ -1,5 +1,7 @@
 //! The coordinator.
 
+pub mod core;
 pub mod counts;
 pub mod handoff;
+pub mod sessions;
 pub mod store;

@@ -256,10 +256,15 @@ impl Reconciler {
         let force = trigger == Trigger::Drift;
         // Owned inputs per future (indexes, a cloned applier): a closure over borrowed items
         // makes the future not provably `Send` for every lifetime (a rustc limitation).
-        let applies = wanted.objects.iter().cloned().enumerate().map(|(i, object)| {
-            let applier = self.applier.clone();
-            async move { (i, applier.apply(&object, force).await) }
-        });
+        let applies = wanted
+            .objects
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, object)| {
+                let applier = self.applier.clone();
+                async move { (i, applier.apply(&object, force).await) }
+            });
         let results: Vec<_> = stream::iter(applies)
             .buffer_unordered(self.concurrency)
             .collect()

@@ -1,0 +1,368 @@
+//! The leader's event loop: one task owns the bucket map ([`Handoffs`]), the sessions and the
+//! membership, and turns events into the state machine's actions, in order:
+//!
+//! ```text
+//! Hello / Closed / Released / Leaving   (from worker sessions)
+//! Members                               (live worker Leases changed)
+//! Tick                                  (re-plan with fresh object counts)
+//!        │
+//!        ▼
+//! Handoffs::{hello, released, drain, step} ──► [Persist, Revoke…, Grant…]
+//!        Persist: write the map (a superseded leader stops here: Err)
+//!        Revoke/Grant: send on the worker's session (a full or closed session counts as gone)
+//! ```
+//!
+//! Planning is a [`Planner`]: given the eligible workers (live, not draining, sorted), the object
+//! count per bucket and the current map, the target owner of every bucket.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::SystemTime;
+
+use proto::v1::{self, CoordinatorMessage};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::handoff::{Action, Handoffs, Members, Reason, Slot, WorkerId};
+use crate::store::{MapStore, StoreError};
+
+/// Computes target owners.
+pub trait Planner: Send + 'static {
+    /// The target owner of each bucket.
+    fn plan(
+        &self,
+        workers: &[WorkerId],
+        weights: &[u64],
+        current: &[Slot],
+    ) -> Vec<Option<WorkerId>>;
+}
+
+/// The sending half of a worker's session.
+pub type Outbox = mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>;
+
+/// What the loop reacts to.
+#[derive(Debug)]
+pub enum Event {
+    /// A session opened.
+    Hello {
+        /// Worker id.
+        worker: WorkerId,
+        /// Buckets it holds.
+        held: Vec<(u32, u64)>,
+        /// Session number (to ignore a stale Closed).
+        session: u64,
+        /// Where to send.
+        outbox: Outbox,
+    },
+    /// A session closed.
+    Closed {
+        /// Worker id.
+        worker: WorkerId,
+        /// Session number.
+        session: u64,
+    },
+    /// A worker released buckets.
+    Released {
+        /// Worker id.
+        worker: WorkerId,
+        /// (bucket, epoch) pairs.
+        entries: Vec<(u32, u64)>,
+        /// The handoff.
+        handoff_id: String,
+    },
+    /// A worker reported its load.
+    Load {
+        /// Worker id.
+        worker: WorkerId,
+        /// The report.
+        load: v1::Load,
+    },
+    /// A worker is leaving (SIGTERM) or an operator drains it.
+    Drain {
+        /// Worker id.
+        worker: WorkerId,
+    },
+    /// The set of workers with a live Lease.
+    Members(BTreeSet<WorkerId>),
+    /// Re-plan (object counts changed).
+    Tick,
+}
+
+/// One handoff, for `ListHandoffs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoffRecord {
+    /// Id.
+    pub id: String,
+    /// Buckets.
+    pub buckets: Vec<u32>,
+    /// From.
+    pub from: Option<WorkerId>,
+    /// To.
+    pub to: Option<WorkerId>,
+    /// When the revoke (or direct grant) was sent.
+    pub started: SystemTime,
+    /// When the grant was sent.
+    pub granted: Option<SystemTime>,
+}
+
+/// What the admin API and metrics read.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The map.
+    pub slots: Vec<Slot>,
+    /// Buckets being handed off: bucket → (from, to).
+    pub pending: BTreeMap<u32, (WorkerId, Option<WorkerId>)>,
+    /// Live and connected workers.
+    pub live: BTreeSet<WorkerId>,
+    /// Workers with a session.
+    pub connected: BTreeSet<WorkerId>,
+    /// Draining workers.
+    pub draining: BTreeSet<WorkerId>,
+    /// Last load per worker.
+    pub loads: BTreeMap<WorkerId, v1::Load>,
+    /// The most recent handoffs (up to 100), oldest first.
+    pub handoffs: Vec<HandoffRecord>,
+}
+
+/// The loop's state.
+pub struct Core<P: Planner> {
+    handoffs: Handoffs,
+    store: MapStore,
+    planner: P,
+    weights: Box<dyn Fn() -> Vec<u64> + Send>,
+    sessions: HashMap<WorkerId, (u64, Outbox)>,
+    members: Members,
+    draining: BTreeSet<WorkerId>,
+    loads: BTreeMap<WorkerId, v1::Load>,
+    next_handoff: u64,
+    history: VecDeque<HandoffRecord>,
+    snapshot: watch::Sender<Snapshot>,
+}
+
+impl<P: Planner> std::fmt::Debug for Core<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("members", &self.members)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Planner> Core<P> {
+    /// A loop over the map `slots` (as loaded from `store`), planning with `planner` and the
+    /// object counts `weights` returns.
+    pub fn new(
+        slots: Vec<Slot>,
+        store: MapStore,
+        planner: P,
+        weights: Box<dyn Fn() -> Vec<u64> + Send>,
+    ) -> (Self, watch::Receiver<Snapshot>) {
+        let (snapshot, rx) = watch::channel(Snapshot::default());
+        let core = Self {
+            handoffs: Handoffs::new(slots),
+            store,
+            planner,
+            weights,
+            sessions: HashMap::new(),
+            members: Members::default(),
+            draining: BTreeSet::new(),
+            loads: BTreeMap::new(),
+            next_handoff: 0,
+            history: VecDeque::new(),
+            snapshot,
+        };
+        core.publish();
+        (core, rx)
+    }
+
+    /// Handles events until `cancel` or until the map cannot be written because another leader
+    /// took over (the caller then steps down).
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        cancel: CancellationToken,
+    ) -> Result<(), StoreError> {
+        loop {
+            let event = tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                e = events.recv() => match e { Some(e) => e, None => return Ok(()) },
+            };
+            self.handle(event).await?;
+            self.publish();
+        }
+    }
+
+    fn target(&self) -> Vec<Option<WorkerId>> {
+        let eligible: Vec<WorkerId> = self
+            .members
+            .live
+            .iter()
+            .filter(|w| !self.draining.contains(*w))
+            .cloned()
+            .collect();
+        self.planner
+            .plan(&eligible, &(self.weights)(), self.handoffs.slots())
+    }
+
+    /// Applies one event.
+    pub async fn handle(&mut self, event: Event) -> Result<(), StoreError> {
+        let actions = match event {
+            Event::Hello {
+                worker,
+                held,
+                session,
+                outbox,
+            } => {
+                self.sessions.insert(worker.clone(), (session, outbox));
+                self.members.connected.insert(worker.clone());
+                let mut actions = self.handoffs.hello(&worker, &held, &self.members);
+                let target = self.target();
+                actions.extend(self.handoffs.step(&target, &self.members));
+                actions
+            }
+            Event::Closed { worker, session } => {
+                if self
+                    .sessions
+                    .get(&worker)
+                    .is_some_and(|(s, _)| *s == session)
+                {
+                    self.sessions.remove(&worker);
+                    self.members.connected.remove(&worker);
+                    self.handoffs.disconnected(&worker);
+                }
+                Vec::new()
+            }
+            Event::Released {
+                worker,
+                entries,
+                handoff_id,
+            } => {
+                tracing::info!(%worker, buckets = entries.len(), handoff = %handoff_id, "released");
+                let mut actions = self.handoffs.released(&worker, &entries, &self.members);
+                let target = self.target();
+                actions.extend(self.handoffs.step(&target, &self.members));
+                actions
+            }
+            Event::Load { worker, load } => {
+                self.loads.insert(worker, load);
+                Vec::new()
+            }
+            Event::Drain { worker } => {
+                tracing::info!(%worker, "draining");
+                self.draining.insert(worker.clone());
+                let target = self.target();
+                self.handoffs.drain(&worker, &target, &self.members)
+            }
+            Event::Members(live) => {
+                if live == self.members.live {
+                    return Ok(());
+                }
+                tracing::info!(workers = ?live, "live workers changed");
+                self.members.live = live;
+                let live = &self.members.live;
+                self.draining.retain(|w| live.contains(w));
+                self.loads.retain(|w, _| live.contains(w));
+                let target = self.target();
+                self.handoffs.step(&target, &self.members)
+            }
+            Event::Tick => {
+                let target = self.target();
+                self.handoffs.step(&target, &self.members)
+            }
+        };
+        self.execute(actions).await
+    }
+
+    async fn execute(&mut self, actions: Vec<Action>) -> Result<(), StoreError> {
+        for action in actions {
+            match action {
+                Action::Persist => self.store.save(self.handoffs.slots()).await?,
+                Action::Revoke {
+                    worker,
+                    buckets,
+                    reason,
+                } => {
+                    let id = self.handoff_id();
+                    let reason = match reason {
+                        Reason::Rebalance => v1::HandoffReason::Rebalance,
+                        Reason::Drain => v1::HandoffReason::Drain,
+                        Reason::CoordinatorRestart => v1::HandoffReason::CoordinatorRestart,
+                    };
+                    self.record(&id, &buckets, Some(worker.clone()), None);
+                    let message = v1::Revoke {
+                        buckets: proto::bucket_epochs(buckets),
+                        handoff_id: id,
+                        reason: reason as i32,
+                    };
+                    self.send(&worker, message.into());
+                }
+                Action::Grant { worker, buckets } => {
+                    let id = self.handoff_id();
+                    self.record(&id, &buckets, None, Some(worker.clone()));
+                    tracing::info!(%worker, buckets = buckets.len(), "granting");
+                    let message = v1::Grant {
+                        buckets: proto::bucket_epochs(buckets),
+                        handoff_id: id,
+                    };
+                    self.send(&worker, message.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, worker: &str, message: CoordinatorMessage) {
+        let gone = match self.sessions.get(worker) {
+            Some((_, outbox)) => outbox.try_send(Ok(message)).is_err(),
+            None => true,
+        };
+        if gone {
+            // A full or closed session: the worker gets the message again after its next Hello.
+            self.sessions.remove(worker);
+            self.members.connected.remove(worker);
+            self.handoffs.disconnected(worker);
+        }
+    }
+
+    fn handoff_id(&mut self) -> String {
+        self.next_handoff += 1;
+        format!("h{}", self.next_handoff)
+    }
+
+    fn record(
+        &mut self,
+        id: &str,
+        buckets: &[(u32, u64)],
+        from: Option<WorkerId>,
+        to: Option<WorkerId>,
+    ) {
+        let now = SystemTime::now();
+        self.history.push_back(HandoffRecord {
+            id: id.to_owned(),
+            buckets: buckets.iter().map(|(b, _)| *b).collect(),
+            from,
+            granted: to.is_some().then_some(now),
+            to,
+            started: now,
+        });
+        while self.history.len() > 500 {
+            self.history.pop_front();
+        }
+    }
+
+    fn publish(&self) {
+        let pending = self
+            .handoffs
+            .pending()
+            .iter()
+            .map(|(b, p)| (*b, (p.from.clone(), p.to.clone())))
+            .collect();
+        self.snapshot.send_replace(Snapshot {
+            slots: self.handoffs.slots().to_vec(),
+            pending,
+            live: self.members.live.clone(),
+            connected: self.members.connected.clone(),
+            draining: self.draining.clone(),
+            loads: self.loads.clone(),
+            handoffs: self.history.iter().rev().take(100).rev().cloned().collect(),
+        });
+    }
+}

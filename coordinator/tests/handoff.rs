@@ -1,0 +1,194 @@
+//! The leader's loop with real worker sessions over gRPC and the map in a real ConfigMap: a
+//! second worker joins, half the buckets move, and no bucket is ever held by both.
+#![allow(clippy::unwrap_used, reason = "test fixtures")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coordinator::core::{Core, Event, Planner};
+use coordinator::handoff::{Slot, WorkerId};
+use coordinator::sessions::{Leadership, WorkerSessions};
+use coordinator::store::MapStore;
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use proto::v1::worker_service_server::WorkerServiceServer;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use worker::metrics::Metrics;
+use worker::ownership::Ownership;
+use worker::session::{BucketHost, Session, SessionConfig};
+
+const B: u32 = 8;
+
+/// Bucket b goes to the (b mod n)-th eligible worker: enough to exercise the loop.
+struct RoundRobin;
+
+impl Planner for RoundRobin {
+    fn plan(&self, workers: &[WorkerId], _: &[u64], _: &[Slot]) -> Vec<Option<WorkerId>> {
+        (0..B as usize)
+            .map(|b| (!workers.is_empty()).then(|| workers[b % workers.len()].clone()))
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    /// bucket -> holders right now
+    holders: BTreeMap<u32, BTreeSet<String>>,
+    violations: Vec<String>,
+}
+
+struct Host {
+    name: String,
+    log: Arc<Mutex<Log>>,
+}
+
+impl BucketHost for Host {
+    fn start(&self, buckets: &[u32]) {
+        let mut log = self.log.lock().unwrap();
+        for b in buckets {
+            let holders = log.holders.entry(*b).or_default();
+            if !holders.is_empty() {
+                let msg = format!("{} got bucket {b} while {holders:?} held it", self.name);
+                log.violations.push(msg);
+            }
+            log.holders.entry(*b).or_default().insert(self.name.clone());
+        }
+    }
+    fn stop(&self, buckets: Vec<u32>) -> BoxFuture<'static, ()> {
+        let log = self.log.clone();
+        let name = self.name.clone();
+        async move {
+            // Some in-flight work to finish first.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut log = log.lock().unwrap();
+            for b in buckets {
+                log.holders.entry(b).or_default().remove(&name);
+            }
+        }
+        .boxed()
+    }
+    fn load(&self) -> proto::v1::Load {
+        proto::v1::Load::default()
+    }
+}
+
+fn worker(
+    addr: std::net::SocketAddr,
+    name: &str,
+    log: &Arc<Mutex<Log>>,
+    cancel: &CancellationToken,
+) -> Arc<Mutex<Ownership>> {
+    let ownership = Arc::new(Mutex::new(Ownership::new()));
+    let session = Session::new(
+        SessionConfig {
+            coordinator: format!("http://{addr}"),
+            worker_id: name.into(),
+            lease_namespace: "ns".into(),
+            buckets: B,
+        },
+        ownership.clone(),
+        Arc::new(Host {
+            name: name.into(),
+            log: log.clone(),
+        }),
+        Metrics::default(),
+    );
+    tokio::spawn(session.run(cancel.clone()));
+    ownership
+}
+
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within 15 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_joining_worker_gets_half_and_nobody_double_holds() {
+    let target = devcluster::testing::target().await.unwrap();
+    let client = target.client().await.unwrap();
+    let ns = target.namespace("handoff").await.unwrap();
+    let mut store = MapStore::new(client.clone(), &ns, "bucket-map", B);
+    let slots = store.load().await.unwrap();
+    let (core, snapshot) = Core::new(slots, store, RoundRobin, Box::new(|| vec![0; B as usize]));
+    let (events, rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    tokio::spawn(core.run(rx, cancel.clone()));
+    let (_leader_tx, leadership) = watch::channel(Some(Leadership {
+        id: "coordinator-0".into(),
+        epoch: 1,
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(WorkerServiceServer::new(WorkerSessions::new(
+                events.clone(),
+                leadership,
+                B,
+            )))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+
+    let log = Arc::new(Mutex::new(Log::default()));
+    let w0 = worker(addr, "w0", &log, &cancel);
+    events
+        .send(Event::Members(["w0".to_owned()].into()))
+        .await
+        .unwrap();
+    until("w0 holds everything", || {
+        w0.lock().unwrap().len() == B as usize
+    })
+    .await;
+
+    let w1 = worker(addr, "w1", &log, &cancel);
+    events
+        .send(Event::Members(["w0".to_owned(), "w1".to_owned()].into()))
+        .await
+        .unwrap();
+    until("w1 holds half", || {
+        w1.lock().unwrap().len() == (B / 2) as usize
+    })
+    .await;
+    until("w0 holds half", || {
+        w0.lock().unwrap().len() == (B / 2) as usize
+    })
+    .await;
+
+    let snap = snapshot.borrow().clone();
+    assert!(snap.pending.is_empty());
+    let moved: Vec<&Slot> = snap
+        .slots
+        .iter()
+        .filter(|s| s.owner.as_deref() == Some("w1"))
+        .collect();
+    assert_eq!(moved.len(), 4);
+    assert!(
+        moved.iter().all(|s| s.epoch == 2),
+        "moved buckets are at epoch 2: {moved:?}"
+    );
+    // The map in the cluster says the same (a new leader would start from it).
+    let mut reread = MapStore::new(client, &ns, "bucket-map", B);
+    assert_eq!(reread.load().await.unwrap(), snap.slots);
+
+    // w0 leaves: everything moves to w1.
+    events
+        .send(Event::Drain {
+            worker: "w0".into(),
+        })
+        .await
+        .unwrap();
+    until("w1 holds everything", || {
+        w1.lock().unwrap().len() == B as usize
+    })
+    .await;
+    assert!(w0.lock().unwrap().is_empty());
+    let log = log.lock().unwrap();
+    assert!(log.violations.is_empty(), "{:?}", log.violations);
+    cancel.cancel();
+}
