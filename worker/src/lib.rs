@@ -4,6 +4,8 @@ pub mod config;
 pub mod desired;
 pub mod metrics;
 pub mod ownership;
+pub mod pipeline;
+pub mod queue;
 pub mod reconcile;
 pub mod session;
 pub mod watches;

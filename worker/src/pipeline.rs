@@ -1,0 +1,260 @@
+//! The worker's pipeline for its buckets: bucket-scoped watches → work queue → reconcile.
+//!
+//! ```text
+//! grant(b)   ── queue admits b, watches start (their initial lists queue every template of b)
+//! watch event ── queue.add(key, Change)      (initial lists and the safety resync: Resync)
+//! queue.run(N) ── reconcile (skip when unchanged; render, policy, apply, prune, status)
+//! revoke(b)  ── watches of b stop, queue fences b and drops its keys; resolves once b's
+//!               in-flight reconciles finished: only then is `Released` sent
+//! ```
+//!
+//! A reconcile continues the trace the mutating webhook stored on the template
+//! (`kubetemplater.io/traceparent`), so one trace goes from `kubectl apply` to the last apply.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use kube::ResourceExt as _;
+use rand::Rng as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::metrics::Metrics;
+use crate::queue::{Priority, QueueConfig, QueueKey, QueueObserver, Work, WorkQueue};
+use crate::reconcile::{Outcome, ReconcileError, Reconciler, Trigger};
+use crate::session::BucketHost;
+use crate::watches::{TemplateEvent, TemplateKey, TemplateWatches};
+
+impl QueueKey for TemplateKey {
+    type Shard = u32;
+    fn shard(&self) -> u32 {
+        self.bucket
+    }
+}
+
+/// How the pipeline runs.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Templates reconciled at once.
+    pub concurrency: usize,
+    /// Safety resync period (jittered ±20%).
+    pub resync_interval: Duration,
+    /// The queue.
+    pub queue: QueueConfig,
+}
+
+struct Observer(Metrics);
+
+impl QueueObserver<TemplateKey> for Observer {
+    fn depth_changed(&self, depth: usize, in_flight: usize) {
+        self.0.set_queue(depth, in_flight);
+    }
+    fn retry_scheduled(&self, key: &TemplateKey, _: &crate::queue::AfterFailure, delay: Duration) {
+        self.0.observe_retry();
+        tracing::debug!(%key, ?delay, "retry scheduled");
+    }
+}
+
+/// The pipeline; share it with `Arc`.
+pub struct Pipeline {
+    queue: WorkQueue<TemplateKey>,
+    watches: TemplateWatches,
+    reconciler: Reconciler,
+    metrics: Metrics,
+    config: PipelineConfig,
+    owned: Mutex<BTreeSet<u32>>,
+    events: Mutex<Option<mpsc::Receiver<TemplateEvent>>>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("watches", &self.watches)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain data updated in single steps: a poisoned lock leaves it consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Pipeline {
+    /// A pipeline reconciling with `reconciler`, watching through `client`.
+    pub fn new(
+        client: kube::Client,
+        reconciler: Reconciler,
+        metrics: Metrics,
+        config: PipelineConfig,
+    ) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(1024);
+        let queue =
+            WorkQueue::with_observer(config.queue.clone(), Arc::new(Observer(metrics.clone())));
+        Arc::new(Self {
+            queue,
+            watches: TemplateWatches::new(client, tx),
+            reconciler,
+            metrics,
+            config,
+            owned: Mutex::default(),
+            events: Mutex::new(Some(rx)),
+        })
+    }
+
+    /// Runs until the queue is shut down ([`Pipeline::shut_down`]) or `cancel`.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let Some(mut events) = lock(&self.events).take() else {
+            tracing::error!("the pipeline runs once");
+            return;
+        };
+        let feeder = {
+            let queue = self.queue.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                loop {
+                    let event = tokio::select! {
+                        () = cancel.cancelled() => return,
+                        e = events.recv() => match e { Some(e) => e, None => return },
+                    };
+                    let priority = if event.initial {
+                        Priority::Resync
+                    } else {
+                        Priority::Change
+                    };
+                    queue.add(event.key, priority).await;
+                }
+            })
+        };
+        let resync = {
+            let this = self.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                loop {
+                    let jitter = rand::rng().random_range(0.8..1.2);
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(this.config.resync_interval.mul_f64(jitter)) => {}
+                    }
+                    let owned = lock(&this.owned).clone();
+                    for key in this.watches.keys(&owned) {
+                        this.queue.add(key, Priority::Resync).await;
+                    }
+                }
+            })
+        };
+        let this = self.clone();
+        let work = self.queue.run(self.config.concurrency, move |work| {
+            let this = this.clone();
+            async move { this.process(work).await }
+        });
+        tokio::select! {
+            () = work => {}
+            () = cancel.cancelled() => self.queue.shut_down(),
+        }
+        feeder.abort();
+        resync.abort();
+        self.watches.clear();
+    }
+
+    async fn process(&self, work: Work<TemplateKey>) -> Result<Outcome, ReconcileError> {
+        let Some(template) = self.watches.get(&work.key) else {
+            // Deleted (its finalizer already ran) or its bucket was revoked meanwhile.
+            return Ok(Outcome::Unchanged);
+        };
+        let trigger = match work.priority {
+            Priority::Change => Trigger::Change,
+            Priority::Resync => Trigger::Resync,
+        };
+        let span = tracing::info_span!(
+            "reconcile",
+            template = %format!("{}/{}", work.key.namespace, work.key.name),
+            bucket = work.key.bucket,
+            generation = template.metadata.generation.unwrap_or_default(),
+            trigger = ?trigger,
+            outcome = tracing::field::Empty,
+        );
+        if let Some(parent) = template
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(telemetry::propagation::extract_annotations)
+        {
+            telemetry::propagation::set_parent(&span, parent);
+        }
+        let started = Instant::now();
+        let bucket = work.key.bucket.to_string();
+        let result = self
+            .reconciler
+            .reconcile(&template, &bucket, trigger)
+            .instrument(span.clone())
+            .await;
+        let label = match &result {
+            Ok(Outcome::Unchanged) => "unchanged",
+            Ok(Outcome::Applied { .. }) => "applied",
+            Ok(Outcome::Denied) => "denied",
+            Ok(Outcome::Finalized) => "finalized",
+            Err(_) => "error",
+        };
+        span.record("outcome", label);
+        self.metrics.observe_reconcile(label, started.elapsed());
+        if let Err(error) = &result {
+            span.in_scope(|| tracing::warn!(%error, name = %template.name_any(), "reconcile failed; will retry"));
+        }
+        result
+    }
+
+    /// Stops handing out work and waits up to `grace` for in-flight reconciles.
+    pub async fn shut_down(&self, grace: Duration) {
+        self.queue.shut_down();
+        if tokio::time::timeout(grace, self.queue.drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "in-flight reconciles did not finish within the grace period"
+            );
+        }
+        self.watches.clear();
+    }
+
+    /// Buckets being worked on.
+    pub fn owned(&self) -> BTreeSet<u32> {
+        lock(&self.owned).clone()
+    }
+}
+
+impl BucketHost for Arc<Pipeline> {
+    fn start(&self, buckets: &[u32]) {
+        lock(&self.owned).extend(buckets.iter().copied());
+        self.queue.grant(buckets.iter().copied());
+        self.watches.add(buckets);
+    }
+
+    fn stop(&self, buckets: Vec<u32>) -> BoxFuture<'static, ()> {
+        {
+            let mut owned = lock(&self.owned);
+            for b in &buckets {
+                owned.remove(b);
+            }
+        }
+        self.watches.remove(&buckets);
+        self.queue.revoke(buckets).boxed()
+    }
+
+    fn load(&self) -> proto::v1::Load {
+        let stats = self.queue.stats();
+        proto::v1::Load {
+            queue_depth: u64::try_from(stats.depth()).unwrap_or(u64::MAX),
+            objects_owned: u64::try_from(self.watches.keys(&self.owned()).len())
+                .unwrap_or(u64::MAX),
+            bucket_objects: Vec::new(),
+            in_flight: u32::try_from(stats.in_flight).unwrap_or(u32::MAX),
+            reconciles_per_second: 0.0,
+        }
+    }
+}
