@@ -3,5 +3,6 @@
 pub mod core;
 pub mod counts;
 pub mod handoff;
+pub mod members;
 pub mod sessions;
 pub mod store;
