@@ -92,8 +92,8 @@ pub enum Event {
 pub struct HandoffRecord {
     /// Id.
     pub id: String,
-    /// Buckets.
-    pub buckets: Vec<u32>,
+    /// (bucket, epoch) pairs.
+    pub buckets: Vec<(u32, u64)>,
     /// From.
     pub from: Option<WorkerId>,
     /// To.
@@ -337,7 +337,7 @@ impl<P: Planner> Core<P> {
         let now = SystemTime::now();
         self.history.push_back(HandoffRecord {
             id: id.to_owned(),
-            buckets: buckets.iter().map(|(b, _)| *b).collect(),
+            buckets: buckets.to_vec(),
             from,
             granted: to.is_some().then_some(now),
             to,

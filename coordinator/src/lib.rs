@@ -1,5 +1,6 @@
 //! The coordinator.
 
+pub mod admin;
 pub mod core;
 pub mod counts;
 pub mod handoff;

@@ -6,12 +6,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::num::NonZeroU32;
+
+use coordinator::admin::Admin;
 use coordinator::core::{Core, Event, Planner};
+use coordinator::counts::BucketCounts;
 use coordinator::handoff::{Slot, WorkerId};
 use coordinator::sessions::{Leadership, WorkerSessions};
 use coordinator::store::MapStore;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
+use proto::v1::admin_service_client::AdminServiceClient;
+use proto::v1::admin_service_server::AdminServiceServer;
 use proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -129,8 +135,15 @@ async fn a_joining_worker_gets_half_and_nobody_double_holds() {
         tonic::transport::Server::builder()
             .add_service(WorkerServiceServer::new(WorkerSessions::new(
                 events.clone(),
-                leadership,
+                leadership.clone(),
                 B,
+            )))
+            .add_service(AdminServiceServer::new(Admin::new(
+                snapshot.clone(),
+                leadership.clone(),
+                BucketCounts::new(NonZeroU32::new(B).unwrap()),
+                events.clone(),
+                NonZeroU32::new(B).unwrap(),
             )))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
@@ -175,6 +188,50 @@ async fn a_joining_worker_gets_half_and_nobody_double_holds() {
     // The map in the cluster says the same (a new leader would start from it).
     let mut reread = MapStore::new(client, &ns, "bucket-map", B);
     assert_eq!(reread.load().await.unwrap(), snap.slots);
+
+    // The admin API shows the same map, locates a namespace, lists the workers.
+    let mut admin = AdminServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let map = admin
+        .get_bucket_map(proto::v1::GetBucketMapRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(map.bucket_count, B);
+    assert_eq!(map.leader_id, "coordinator-0");
+    assert_eq!(map.buckets.iter().filter(|b| b.owner == "w1").count(), 4);
+    let located = admin
+        .locate(proto::v1::LocateRequest::namespace("team-a"))
+        .await
+        .unwrap()
+        .into_inner();
+    let bucket = engine::bucket::bucket("team-a", NonZeroU32::new(B).unwrap());
+    assert_eq!(located.bucket, bucket);
+    assert_eq!(
+        Some(located.owner.as_str()),
+        snap.slots[bucket as usize].owner.as_deref()
+    );
+    let workers = admin
+        .list_workers(proto::v1::ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<_> = workers
+        .workers
+        .iter()
+        .map(|w| (w.id.as_str(), w.buckets_owned, w.connected))
+        .collect();
+    assert_eq!(ids, [("w0", 4, true), ("w1", 4, true)]);
+    let handoffs = admin
+        .list_handoffs(proto::v1::ListHandoffsRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        handoffs.handoffs.iter().any(|h| h.from == "w0"),
+        "the revoke to w0 is listed"
+    );
 
     // w0 leaves: everything moves to w1.
     events
