@@ -6,7 +6,10 @@
 //!   or malformed input (including an invalid policy).
 //! - `ktctl render --registry-row <json> <tenanttemplate-file>`: renders a TenantTemplate for one
 //!   database row and prints the objects in dependency order.
+//! - `ktctl workers | buckets [--wide] | locate <namespace> | handoffs | drain <worker>`: the
+//!   coordinator's admin API (`--coordinator URL`, `-o json`).
 
+pub mod admin;
 pub mod input;
 pub mod render;
 pub mod validate;
@@ -30,6 +33,9 @@ pub struct Args {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Coordinator connection and output format (admin commands).
+    #[command(flatten)]
+    pub connection: admin::Connection,
 }
 
 /// ktctl's commands.
@@ -39,6 +45,9 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Render a TenantTemplate for one registry row and print the objects in apply order.
     Render(render::RenderArgs),
+    /// The coordinator's admin API.
+    #[command(flatten)]
+    Admin(admin::AdminCommand),
 }
 
 /// Runs a command, writing results to `out` and diagnostics to `err`; returns the exit code.
@@ -46,6 +55,7 @@ pub fn run(args: Args, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
     let code = match args.command {
         Command::Validate(a) => validate::run(&a, out, err),
         Command::Render(a) => render::run(&a, out, err),
+        Command::Admin(c) => admin::run(&args.connection, &c, out, err),
     };
     ExitCode::from(code)
 }

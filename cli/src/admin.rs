@@ -1,0 +1,415 @@
+//! `ktctl workers | buckets | locate | handoffs | drain`: the coordinator's admin API, printed for
+//! people (or as JSON with `-o json`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use proto::v1::admin_service_client::AdminServiceClient;
+use proto::v1::{self, BucketState, WorkerState};
+
+use crate::{EXIT_BAD_INPUT, EXIT_OK};
+
+/// Where the coordinator is and how to print.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// The coordinator's gRPC URL (the leader answers; a standby says so).
+    #[arg(
+        long,
+        env = "KT_COORDINATOR",
+        default_value = "http://127.0.0.1:9444",
+        global = true
+    )]
+    pub coordinator: String,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Format::Table, global = true)]
+    pub output: Format,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns.
+    Table,
+    /// The API's answer as JSON.
+    Json,
+}
+
+/// The admin commands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AdminCommand {
+    /// Workers with their Lease state, buckets and load.
+    Workers,
+    /// The bucket map: per worker its buckets (as ranges) and objects; `--wide` lists every bucket.
+    Buckets {
+        /// One line per bucket.
+        #[arg(long)]
+        wide: bool,
+    },
+    /// Where a namespace's KubeTemplates are handled: bucket, worker, epoch.
+    Locate {
+        /// The namespace.
+        namespace: String,
+    },
+    /// Recent handoffs.
+    Handoffs {
+        /// How many (newest first).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Move every bucket off a worker (it keeps running; its buckets go to the others).
+    Drain {
+        /// The worker id.
+        worker: String,
+    },
+}
+
+/// Compresses sorted bucket numbers into ranges: `0-3, 7, 9-10`.
+pub fn ranges(buckets: &[u32]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut iter = buckets.iter().copied().peekable();
+    while let Some(start) = iter.next() {
+        let mut end = start;
+        while iter.peek() == Some(&(end + 1)) {
+            end += 1;
+            iter.next();
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+    }
+    out.join(", ")
+}
+
+fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(out, "{}", line(header.to_vec()))?;
+    for row in rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+fn worker_state(state: i32) -> &'static str {
+    match WorkerState::try_from(state) {
+        Ok(WorkerState::Alive) => "alive",
+        Ok(WorkerState::Expired) => "expired",
+        Ok(WorkerState::Draining) => "draining",
+        _ => "unknown",
+    }
+}
+
+fn bucket_state(state: i32) -> &'static str {
+    match BucketState::try_from(state) {
+        Ok(BucketState::Owned) => "owned",
+        Ok(BucketState::Revoking) => "revoking",
+        Ok(BucketState::Granting) => "granting",
+        Ok(BucketState::Unassigned) => "unassigned",
+        _ => "unknown",
+    }
+}
+
+/// Runs an admin command; returns the exit code.
+pub fn run(
+    connection: &Connection,
+    command: &AdminCommand,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(err, "ktctl: starting the async runtime: {e}");
+            return EXIT_BAD_INPUT;
+        }
+    };
+    match runtime.block_on(call(connection, command, out)) {
+        Ok(()) => EXIT_OK,
+        Err(message) => {
+            let _ = writeln!(err, "ktctl: {message}");
+            EXIT_BAD_INPUT
+        }
+    }
+}
+
+async fn call(
+    connection: &Connection,
+    command: &AdminCommand,
+    out: &mut dyn Write,
+) -> Result<(), String> {
+    let mut client = AdminServiceClient::connect(connection.coordinator.clone())
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot reach the coordinator at {}: {e}",
+                connection.coordinator
+            )
+        })?;
+    let status =
+        |e: tonic::Status| format!("the coordinator answered {:?}: {}", e.code(), e.message());
+    let json = connection.output == Format::Json;
+    let io = |e: std::io::Error| format!("writing the output: {e}");
+    match command {
+        AdminCommand::Workers => {
+            let r = client
+                .list_workers(v1::ListWorkersRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                return print_json(out, &workers_json(&r)).map_err(io);
+            }
+            let rows: Vec<Vec<String>> = r
+                .workers
+                .iter()
+                .map(|w| {
+                    let load = w.load.clone().unwrap_or_default();
+                    vec![
+                        w.id.clone(),
+                        worker_state(w.state).to_owned(),
+                        if w.connected { "yes" } else { "no" }.to_owned(),
+                        w.buckets_owned.to_string(),
+                        load.objects_owned.to_string(),
+                        load.queue_depth.to_string(),
+                    ]
+                })
+                .collect();
+            table(
+                out,
+                &[
+                    "WORKER",
+                    "STATE",
+                    "CONNECTED",
+                    "BUCKETS",
+                    "OBJECTS",
+                    "QUEUE",
+                ],
+                &rows,
+            )
+            .map_err(io)
+        }
+        AdminCommand::Buckets { wide } => {
+            let r = client
+                .get_bucket_map(v1::GetBucketMapRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                return print_json(out, &map_json(&r)).map_err(io);
+            }
+            writeln!(
+                out,
+                "{} buckets, leader {} (term {})",
+                r.bucket_count, r.leader_id, r.leader_epoch
+            )
+            .map_err(io)?;
+            if *wide {
+                let rows: Vec<Vec<String>> = r
+                    .buckets
+                    .iter()
+                    .map(|b| {
+                        vec![
+                            b.bucket.to_string(),
+                            if b.owner.is_empty() {
+                                "-".to_owned()
+                            } else {
+                                b.owner.clone()
+                            },
+                            b.epoch.to_string(),
+                            b.objects.to_string(),
+                            bucket_state(b.state).to_owned(),
+                            b.next_owner.clone(),
+                        ]
+                    })
+                    .collect();
+                return table(
+                    out,
+                    &["BUCKET", "OWNER", "EPOCH", "OBJECTS", "STATE", "NEXT"],
+                    &rows,
+                )
+                .map_err(io);
+            }
+            let mut per: BTreeMap<String, (Vec<u32>, u64, Vec<u32>)> = BTreeMap::new();
+            for b in &r.buckets {
+                let owner = if b.owner.is_empty() {
+                    "(unassigned)".to_owned()
+                } else {
+                    b.owner.clone()
+                };
+                let entry = per.entry(owner).or_default();
+                entry.0.push(b.bucket);
+                entry.1 += b.objects;
+                if b.state == BucketState::Revoking as i32 {
+                    entry.2.push(b.bucket);
+                }
+            }
+            let rows: Vec<Vec<String>> = per
+                .iter()
+                .map(|(owner, (buckets, objects, moving))| {
+                    vec![
+                        owner.clone(),
+                        buckets.len().to_string(),
+                        objects.to_string(),
+                        if moving.is_empty() {
+                            String::new()
+                        } else {
+                            ranges(moving)
+                        },
+                        ranges(buckets),
+                    ]
+                })
+                .collect();
+            table(
+                out,
+                &["WORKER", "BUCKETS", "OBJECTS", "MOVING", "RANGES"],
+                &rows,
+            )
+            .map_err(io)
+        }
+        AdminCommand::Locate { namespace } => {
+            let r = client
+                .locate(v1::LocateRequest::namespace(namespace.clone()))
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                return print_json(
+                    out,
+                    &serde_json::json!({"namespace": namespace, "shardKey": r.shard_key, "bucket": r.bucket, "owner": r.owner, "epoch": r.epoch, "state": bucket_state(r.state)}),
+                )
+                .map_err(io);
+            }
+            let owner = if r.owner.is_empty() {
+                "no worker yet"
+            } else {
+                r.owner.as_str()
+            };
+            writeln!(
+                out,
+                "namespace {namespace} -> bucket {} -> {owner} (epoch {}, {})",
+                r.bucket,
+                r.epoch,
+                bucket_state(r.state)
+            )
+            .map_err(io)
+        }
+        AdminCommand::Handoffs { limit } => {
+            let r = client
+                .list_handoffs(v1::ListHandoffsRequest { limit: *limit })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let rows: Vec<Vec<String>> = r
+                .handoffs
+                .iter()
+                .map(|h| {
+                    let buckets: Vec<u32> = h.buckets.iter().map(|b| b.bucket).collect();
+                    vec![
+                        h.id.clone(),
+                        if h.from.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            h.from.clone()
+                        },
+                        if h.to.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            h.to.clone()
+                        },
+                        ranges(&buckets),
+                    ]
+                })
+                .collect();
+            if json {
+                let list: Vec<_> = rows
+                    .iter()
+                    .map(|r| serde_json::json!({"id": r[0], "from": r[1], "to": r[2], "buckets": r[3]}))
+                    .collect();
+                return print_json(out, &serde_json::Value::Array(list)).map_err(io);
+            }
+            table(out, &["ID", "FROM", "TO", "BUCKETS"], &rows).map_err(io)
+        }
+        AdminCommand::Drain { worker } => {
+            let r = client
+                .drain_worker(v1::DrainWorkerRequest {
+                    worker_id: worker.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let buckets: Vec<u32> = r.moves.iter().map(|m| m.bucket).collect();
+            writeln!(
+                out,
+                "draining {worker}: {} bucket(s) moving: {}",
+                buckets.len(),
+                ranges(&buckets)
+            )
+            .map_err(io)
+        }
+    }
+}
+
+fn print_json(out: &mut dyn Write, value: &serde_json::Value) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    )
+}
+
+fn workers_json(r: &v1::ListWorkersResponse) -> serde_json::Value {
+    serde_json::Value::Array(
+        r.workers
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "id": w.id, "state": worker_state(w.state), "connected": w.connected,
+                    "buckets": w.buckets_owned,
+                    "objects": w.load.as_ref().map_or(0, |l| l.objects_owned),
+                    "queueDepth": w.load.as_ref().map_or(0, |l| l.queue_depth),
+                })
+            })
+            .collect(),
+    )
+}
+
+fn map_json(r: &v1::GetBucketMapResponse) -> serde_json::Value {
+    serde_json::json!({
+        "bucketCount": r.bucket_count, "leader": r.leader_id, "leaderEpoch": r.leader_epoch,
+        "buckets": r.buckets.iter().map(|b| serde_json::json!({
+            "bucket": b.bucket, "owner": b.owner, "epoch": b.epoch, "objects": b.objects,
+            "state": bucket_state(b.state), "nextOwner": b.next_owner,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ranges;
+
+    #[test]
+    fn ranges_compress() {
+        assert_eq!(ranges(&[0, 1, 2, 3, 7, 9, 10]), "0-3, 7, 9-10");
+        assert_eq!(ranges(&[]), "");
+        assert_eq!(ranges(&[5]), "5");
+    }
+}
