@@ -1,5 +1,5 @@
 //! `ktctl workers | buckets | locate | handoffs | drain`: the coordinator's admin API, printed for
-//! people (or as JSON with `-o json`).
+//! people (or as JSON with `--format json`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -20,8 +20,8 @@ pub struct Connection {
         global = true
     )]
     pub coordinator: String,
-    /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value_t = Format::Table, global = true)]
+    /// Output format of the admin commands.
+    #[arg(long = "format", value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,
 }
 

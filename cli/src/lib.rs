@@ -7,7 +7,7 @@
 //! - `ktctl render --registry-row <json> <tenanttemplate-file>`: renders a TenantTemplate for one
 //!   database row and prints the objects in dependency order.
 //! - `ktctl workers | buckets [--wide] | locate <namespace> | handoffs | drain <worker>`: the
-//!   coordinator's admin API (`--coordinator URL`, `-o json`).
+//!   coordinator's admin API (`--coordinator URL`, `--format json`).
 
 pub mod admin;
 pub mod input;

@@ -171,7 +171,7 @@ fn admin_commands_print_for_people() {
         "{out}"
     );
 
-    let (_, out, _) = ktctl(url, &["-o", "json", "locate", "team-a"]);
+    let (_, out, _) = ktctl(url, &["--format", "json", "locate", "team-a"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["owner"], "worker-1");
 
