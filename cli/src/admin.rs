@@ -21,8 +21,8 @@ pub struct Connection {
     )]
     pub coordinator: String,
     /// Output format of the admin commands.
-    #[arg(long = "format", value_enum, default_value_t = Format::Table, global = true)]
-    pub output: Format,
+    #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
+    pub format: Format,
 }
 
 /// Output formats.
@@ -166,7 +166,7 @@ async fn call(
         })?;
     let status =
         |e: tonic::Status| format!("the coordinator answered {:?}: {}", e.code(), e.message());
-    let json = connection.output == Format::Json;
+    let json = connection.format == Format::Json;
     let io = |e: std::io::Error| format!("writing the output: {e}");
     match command {
         AdminCommand::Workers => {
