@@ -22,7 +22,19 @@ use proto::v1::{self, CoordinatorMessage};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
 use crate::handoff::{Action, Handoffs, Members, Reason, Slot, WorkerId};
+
+/// The W3C trace context of `span`, as a message carries it.
+fn carrier(span: &tracing::Span) -> std::collections::HashMap<String, String> {
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    carrier
+}
 use crate::store::{MapStore, StoreError};
 
 /// Computes target owners.
@@ -68,6 +80,8 @@ pub enum Event {
         entries: Vec<(u32, u64)>,
         /// The handoff.
         handoff_id: String,
+        /// W3C trace context of the worker's release (the grant continues that trace).
+        trace: std::collections::HashMap<String, String>,
     },
     /// A worker reported its load.
     Load {
@@ -234,12 +248,18 @@ impl<P: Planner> Core<P> {
                 worker,
                 entries,
                 handoff_id,
+                trace,
             } => {
-                tracing::info!(%worker, buckets = entries.len(), handoff = %handoff_id, "released");
+                // The grants that complete this handoff continue the trace of the revoke and the
+                // worker's release: one trace per handoff, across the coordinator and both workers.
+                let span = tracing::info_span!("handoff.grant", %worker, handoff = %handoff_id, buckets = entries.len());
+                span.set_parent(TraceContextPropagator::new().extract(&trace))
+                    .ok();
+                tracing::info!(parent: &span, "released");
                 let mut actions = self.handoffs.released(&worker, &entries, &self.members);
                 let target = self.target();
                 actions.extend(self.handoffs.step(&target, &self.members));
-                actions
+                return self.execute(actions).instrument(span).await;
             }
             Event::Load { worker, load } => {
                 self.loads.insert(worker, load);
@@ -287,12 +307,15 @@ impl<P: Planner> Core<P> {
                         Reason::CoordinatorRestart => v1::HandoffReason::CoordinatorRestart,
                     };
                     self.record(&id, &buckets, Some(worker.clone()), None);
+                    let span = tracing::info_span!("handoff.revoke", %worker, handoff = %id, buckets = buckets.len());
                     let message = v1::Revoke {
                         buckets: proto::bucket_epochs(buckets),
                         handoff_id: id,
                         reason: reason as i32,
                     };
-                    self.send(&worker, message.into());
+                    let message =
+                        CoordinatorMessage::from(message).with_trace_context(carrier(&span));
+                    self.send(&worker, message);
                 }
                 Action::Grant { worker, buckets } => {
                     let id = self.handoff_id();
@@ -302,7 +325,9 @@ impl<P: Planner> Core<P> {
                         buckets: proto::bucket_epochs(buckets),
                         handoff_id: id,
                     };
-                    self.send(&worker, message.into());
+                    let message = CoordinatorMessage::from(message)
+                        .with_trace_context(carrier(&tracing::Span::current()));
+                    self.send(&worker, message);
                 }
             }
         }

@@ -120,6 +120,7 @@ impl WorkerService for WorkerSessions {
                         worker: worker.clone(),
                         entries: r.buckets.iter().map(|b| (b.bucket, b.epoch)).collect(),
                         handoff_id: r.handoff_id,
+                        trace: message.trace_context,
                     },
                     Some(worker_message::Kind::Load(load)) => Event::Load {
                         worker: worker.clone(),
