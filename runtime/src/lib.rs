@@ -1,3 +1,4 @@
 //! Runtime glue.
 
+pub mod lease;
 pub mod policies;
