@@ -12,14 +12,16 @@ use crate::{EXIT_BAD_INPUT, EXIT_OK};
 /// Where the coordinator is and how to print.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
-    /// The coordinator's gRPC URL (the leader answers; a standby says so).
+    /// The coordinators' gRPC URLs, comma-separated: the leader answers, a standby says it is
+    /// not the leader and the next URL is tried (`cargo xtask up` runs two, on 9444 and 9445).
     #[arg(
         long,
         env = "KT_COORDINATOR",
-        default_value = "http://127.0.0.1:9444",
+        default_value = "http://127.0.0.1:9444,http://127.0.0.1:9445",
+        value_delimiter = ',',
         global = true
     )]
-    pub coordinator: String,
+    pub coordinator: Vec<String>,
     /// Output format of the admin commands.
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
     pub format: Format,
@@ -142,7 +144,7 @@ pub fn run(
             return EXIT_BAD_INPUT;
         }
     };
-    match runtime.block_on(call(connection, command, out)) {
+    match runtime.block_on(call_leader(connection, command, out)) {
         Ok(()) => EXIT_OK,
         Err(message) => {
             let _ = writeln!(err, "ktctl: {message}");
@@ -151,23 +153,60 @@ pub fn run(
     }
 }
 
-async fn call(
+/// Why one coordinator could not answer.
+enum CallError {
+    /// Unreachable, or a standby: another address may answer.
+    TryNext(String),
+    /// A definite answer (bad request, output failed).
+    Final(String),
+}
+
+/// Runs `command` against the first coordinator that leads.
+async fn call_leader(
     connection: &Connection,
     command: &AdminCommand,
     out: &mut dyn Write,
 ) -> Result<(), String> {
-    let mut client = AdminServiceClient::connect(connection.coordinator.clone())
+    let mut tried = Vec::new();
+    for address in connection
+        .coordinator
+        .iter()
+        .filter(|a| !a.trim().is_empty())
+    {
+        match call(address.trim(), connection.format, command, out).await {
+            Ok(()) => return Ok(()),
+            Err(CallError::Final(message)) => return Err(message),
+            Err(CallError::TryNext(message)) => tried.push(message),
+        }
+    }
+    if tried.is_empty() {
+        return Err("--coordinator names no address".to_owned());
+    }
+    Err(format!(
+        "no coordinator answered as leader: {}",
+        tried.join("; ")
+    ))
+}
+
+async fn call(
+    address: &str,
+    format: Format,
+    command: &AdminCommand,
+    out: &mut dyn Write,
+) -> Result<(), CallError> {
+    let mut client = AdminServiceClient::connect(address.to_owned())
         .await
-        .map_err(|e| {
-            format!(
-                "cannot reach the coordinator at {}: {e}",
-                connection.coordinator
-            )
-        })?;
-    let status =
-        |e: tonic::Status| format!("the coordinator answered {:?}: {}", e.code(), e.message());
-    let json = connection.format == Format::Json;
-    let io = |e: std::io::Error| format!("writing the output: {e}");
+        .map_err(|e| CallError::TryNext(format!("cannot reach {address}: {e}")))?;
+    let status = |e: tonic::Status| {
+        let message = format!("{address} answered {:?}: {}", e.code(), e.message());
+        if e.code() == tonic::Code::Unavailable {
+            CallError::TryNext(message)
+        } else {
+            CallError::Final(message)
+        }
+    };
+    let json = format == Format::Json;
+    let io = |e: std::io::Error| CallError::Final(format!("writing the output: {e}"));
     match command {
         AdminCommand::Workers => {
             let r = client

@@ -181,10 +181,12 @@ fn admin_commands_print_for_people() {
 
 #[test]
 fn an_unreachable_coordinator_is_named() {
-    let (code, _, err) = ktctl("http://127.0.0.1:1", &["buckets"]);
+    let (code, _, err) = ktctl("http://127.0.0.1:1,http://127.0.0.1:2", &["buckets"]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("cannot reach the coordinator at http://127.0.0.1:1"),
+        err.contains("no coordinator answered as leader")
+            && err.contains("cannot reach http://127.0.0.1:1")
+            && err.contains("cannot reach http://127.0.0.1:2"),
         "{err}"
     );
 }

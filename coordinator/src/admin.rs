@@ -85,12 +85,21 @@ fn handoff(record: &HandoffRecord) -> v1::Handoff {
         buckets: proto::bucket_epochs(record.buckets.iter().copied()),
         from: record.from.clone().unwrap_or_default(),
         to: record.to.clone().unwrap_or_default(),
-        reason: v1::HandoffReason::Rebalance as i32,
+        reason: match record.reason {
+            "drain" => v1::HandoffReason::Drain,
+            "coordinator_restart" => v1::HandoffReason::CoordinatorRestart,
+            // A grant without a revoke: the bucket was unassigned or its owner's Lease expired.
+            "direct" if record.from.is_none() => v1::HandoffReason::WorkerLost,
+            _ => v1::HandoffReason::Rebalance,
+        } as i32,
         started_at: Some(record.started.into()),
         revoked_at: record.from.as_ref().map(|_| record.started.into()),
         released_at: None,
         granted_at: record.granted.map(Into::into),
-        duration: None,
+        duration: record
+            .granted
+            .and_then(|g| g.duration_since(record.started).ok())
+            .and_then(|d| prost_types::Duration::try_from(d).ok()),
         outcome: if record.granted.is_some() {
             HandoffOutcome::Completed
         } else {

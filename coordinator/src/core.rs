@@ -35,7 +35,17 @@ fn carrier(span: &tracing::Span) -> std::collections::HashMap<String, String> {
     TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
     carrier
 }
+use crate::metrics::Metrics;
 use crate::store::{MapStore, StoreError};
+
+/// The metric label of a revoke's reason.
+fn reason_label(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Rebalance => "rebalance",
+        Reason::Drain => "drain",
+        Reason::CoordinatorRestart => "coordinator_restart",
+    }
+}
 
 /// Computes target owners.
 pub trait Planner: Send + 'static {
@@ -116,6 +126,9 @@ pub struct HandoffRecord {
     pub started: SystemTime,
     /// When the grant was sent.
     pub granted: Option<SystemTime>,
+    /// Why (`rebalance`, `drain`, `coordinator_restart`; `direct` for a grant without a revoke:
+    /// the bucket was unassigned or its owner's Lease had expired).
+    pub reason: &'static str,
 }
 
 /// What the admin API and metrics read.
@@ -150,6 +163,9 @@ pub struct Core<P: Planner> {
     next_handoff: u64,
     history: VecDeque<HandoffRecord>,
     snapshot: watch::Sender<Snapshot>,
+    metrics: Option<Metrics>,
+    /// The revoke a `Released` answered, while its grants are executed.
+    completing: Option<String>,
 }
 
 impl<P: Planner> std::fmt::Debug for Core<P> {
@@ -170,6 +186,21 @@ impl<P: Planner> Core<P> {
         weights: Box<dyn Fn() -> Vec<u64> + Send>,
     ) -> (Self, watch::Receiver<Snapshot>) {
         let (snapshot, rx) = watch::channel(Snapshot::default());
+        (
+            Self::with_snapshot(slots, store, planner, weights, snapshot),
+            rx,
+        )
+    }
+
+    /// As [`Core::new`], publishing on an existing channel (a coordinator keeps one channel for
+    /// the admin API across its terms as leader).
+    pub fn with_snapshot(
+        slots: Vec<Slot>,
+        store: MapStore,
+        planner: P,
+        weights: Box<dyn Fn() -> Vec<u64> + Send>,
+        snapshot: watch::Sender<Snapshot>,
+    ) -> Self {
         let core = Self {
             handoffs: Handoffs::new(slots),
             store,
@@ -182,16 +213,25 @@ impl<P: Planner> Core<P> {
             next_handoff: 0,
             history: VecDeque::new(),
             snapshot,
+            metrics: None,
+            completing: None,
         };
         core.publish();
-        (core, rx)
+        core
+    }
+
+    /// Counts handoffs, map writes and the map's gauges in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        metrics.observe_snapshot(&self.snapshot.borrow());
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Handles events until `cancel` or until the map cannot be written because another leader
     /// took over (the caller then steps down).
     pub async fn run(
         mut self,
-        mut events: mpsc::Receiver<Event>,
+        events: &mut mpsc::Receiver<Event>,
         cancel: CancellationToken,
     ) -> Result<(), StoreError> {
         loop {
@@ -259,7 +299,10 @@ impl<P: Planner> Core<P> {
                 let mut actions = self.handoffs.released(&worker, &entries, &self.members);
                 let target = self.target();
                 actions.extend(self.handoffs.step(&target, &self.members));
-                return self.execute(actions).instrument(span).await;
+                self.completing = Some(handoff_id);
+                let result = self.execute(actions).instrument(span).await;
+                self.completing = None;
+                return result;
             }
             Event::Load { worker, load } => {
                 self.loads.insert(worker, load);
@@ -294,19 +337,25 @@ impl<P: Planner> Core<P> {
     async fn execute(&mut self, actions: Vec<Action>) -> Result<(), StoreError> {
         for action in actions {
             match action {
-                Action::Persist => self.store.save(self.handoffs.slots()).await?,
+                Action::Persist => {
+                    self.store.save(self.handoffs.slots()).await?;
+                    if let Some(metrics) = &self.metrics {
+                        metrics.observe_write("update_map");
+                    }
+                }
                 Action::Revoke {
                     worker,
                     buckets,
                     reason,
                 } => {
                     let id = self.handoff_id();
+                    let label = reason_label(reason);
                     let reason = match reason {
                         Reason::Rebalance => v1::HandoffReason::Rebalance,
                         Reason::Drain => v1::HandoffReason::Drain,
                         Reason::CoordinatorRestart => v1::HandoffReason::CoordinatorRestart,
                     };
-                    self.record(&id, &buckets, Some(worker.clone()), None);
+                    self.record(&id, &buckets, Some(worker.clone()), None, label);
                     let span = tracing::info_span!("handoff.revoke", %worker, handoff = %id, buckets = buckets.len());
                     let message = v1::Revoke {
                         buckets: proto::bucket_epochs(buckets),
@@ -318,8 +367,7 @@ impl<P: Planner> Core<P> {
                     self.send(&worker, message);
                 }
                 Action::Grant { worker, buckets } => {
-                    let id = self.handoff_id();
-                    self.record(&id, &buckets, None, Some(worker.clone()));
+                    let id = self.complete(&worker, &buckets);
                     tracing::info!(%worker, buckets = buckets.len(), "granting");
                     let message = v1::Grant {
                         buckets: proto::bucket_epochs(buckets),
@@ -347,6 +395,60 @@ impl<P: Planner> Core<P> {
         }
     }
 
+    /// Records a grant: it completes the revoke being answered when it covers some of its
+    /// buckets (the handoff's duration is observed then; a revoke whose buckets go to several
+    /// workers is split into one record per grant), otherwise it is a direct grant of its own.
+    fn complete(&mut self, worker: &WorkerId, buckets: &[(u32, u64)]) -> String {
+        let now = SystemTime::now();
+        let granted: BTreeSet<u32> = buckets.iter().map(|(b, _)| *b).collect();
+        let revoke = self.completing.as_ref().and_then(|id| {
+            self.history.iter().rposition(|r| {
+                &r.id == id
+                    && r.granted.is_none()
+                    && r.buckets.iter().any(|(b, _)| granted.contains(b))
+            })
+        });
+        let (id, reason, elapsed) = match revoke {
+            Some(index) => {
+                let record = &mut self.history[index];
+                let elapsed = now.duration_since(record.started).unwrap_or_default();
+                let reason = record.reason;
+                let covers_all = record.buckets.iter().all(|(b, _)| granted.contains(b));
+                let id = if covers_all {
+                    record.buckets = buckets.to_vec();
+                    record.to = Some(worker.clone());
+                    record.granted = Some(now);
+                    record.id.clone()
+                } else {
+                    // Part of the revoked buckets: split them off into a record of their own.
+                    record.buckets.retain(|(b, _)| !granted.contains(b));
+                    let mut part = record.clone();
+                    part.id = format!(
+                        "{}.{}",
+                        record.id,
+                        granted.iter().next().copied().unwrap_or(0)
+                    );
+                    part.buckets = buckets.to_vec();
+                    part.to = Some(worker.clone());
+                    part.granted = Some(now);
+                    let id = part.id.clone();
+                    self.history.push_back(part);
+                    id
+                };
+                (id, reason, elapsed)
+            }
+            None => {
+                let id = self.handoff_id();
+                self.record(&id, buckets, None, Some(worker.clone()), "direct");
+                (id, "direct", std::time::Duration::ZERO)
+            }
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_handoff(reason, buckets.len(), elapsed);
+        }
+        id
+    }
+
     fn handoff_id(&mut self) -> String {
         self.next_handoff += 1;
         format!("h{}", self.next_handoff)
@@ -358,6 +460,7 @@ impl<P: Planner> Core<P> {
         buckets: &[(u32, u64)],
         from: Option<WorkerId>,
         to: Option<WorkerId>,
+        reason: &'static str,
     ) {
         let now = SystemTime::now();
         self.history.push_back(HandoffRecord {
@@ -367,6 +470,7 @@ impl<P: Planner> Core<P> {
             granted: to.is_some().then_some(now),
             to,
             started: now,
+            reason,
         });
         while self.history.len() > 500 {
             self.history.pop_front();
@@ -374,13 +478,21 @@ impl<P: Planner> Core<P> {
     }
 
     fn publish(&self) {
+        let snapshot = self.snapshot();
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_snapshot(&snapshot);
+        }
+        self.snapshot.send_replace(snapshot);
+    }
+
+    fn snapshot(&self) -> Snapshot {
         let pending = self
             .handoffs
             .pending()
             .iter()
             .map(|(b, p)| (*b, (p.from.clone(), p.to.clone())))
             .collect();
-        self.snapshot.send_replace(Snapshot {
+        Snapshot {
             slots: self.handoffs.slots().to_vec(),
             pending,
             live: self.members.live.clone(),
@@ -388,6 +500,6 @@ impl<P: Planner> Core<P> {
             draining: self.draining.clone(),
             loads: self.loads.clone(),
             handoffs: self.history.iter().rev().take(100).rev().cloned().collect(),
-        });
+        }
     }
 }

@@ -242,14 +242,16 @@ fn report_unlabelled(
 }
 
 /// Adds the bucket label to templates reported by [`BucketCounts::run`], one merge patch each,
-/// until `cancel`. Only the leader runs this. A template deleted meanwhile is skipped; a label
+/// until `cancel`; `on_write` is called for every patch sent. Only the leader runs this (the
+/// receiver outlives its terms). A template deleted meanwhile is skipped; a label
 /// someone added meanwhile is left as it is (the patch only sets an absent label: it is sent with
 /// the resourceVersion it was read at).
 pub async fn backfill(
     client: kube::Client,
     buckets: NonZeroU32,
-    mut unlabelled: mpsc::Receiver<Unlabelled>,
+    unlabelled: &mut mpsc::Receiver<Unlabelled>,
     cancel: CancellationToken,
+    on_write: impl Fn(),
 ) {
     loop {
         let item = tokio::select! {
@@ -283,6 +285,7 @@ pub async fn backfill(
                 "labels": { LABEL_BUCKET: engine::bucket::bucket_label_value(bucket) },
             }
         });
+        on_write();
         match api
             .patch_metadata(
                 &item.name,

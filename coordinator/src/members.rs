@@ -15,29 +15,10 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use runtime::lease::{self, WORKER_LEASE_SELECTOR};
+
 use crate::core::Event;
 use crate::handoff::WorkerId;
-
-/// Label on every worker Lease.
-pub const WORKER_LEASE_SELECTOR: &str = "kubetemplater.io/component=worker";
-
-/// Whether `lease` is held (a holder is set) and not expired at `now`: its renew time plus its
-/// duration is in the future. A Lease without renew time or duration is not live.
-pub fn is_live(lease: &Lease, now: jiff::Timestamp) -> bool {
-    let spec = match &lease.spec {
-        Some(spec) => spec,
-        None => return false,
-    };
-    let held = spec
-        .holder_identity
-        .as_deref()
-        .is_some_and(|h| !h.is_empty());
-    let (Some(renewed), Some(seconds)) = (&spec.renew_time, spec.lease_duration_seconds) else {
-        return false;
-    };
-    let expires = renewed.0 + jiff::SignedDuration::from_secs(i64::from(seconds));
-    held && expires > now
-}
 
 /// The live workers among `leases` (the Lease name is the worker id).
 pub fn live_workers<'a>(
@@ -46,7 +27,7 @@ pub fn live_workers<'a>(
 ) -> BTreeSet<WorkerId> {
     leases
         .into_iter()
-        .filter(|l| is_live(l, now))
+        .filter(|l| !lease::is_expired(l, now))
         .filter_map(|l| l.metadata.name.clone())
         .collect()
 }

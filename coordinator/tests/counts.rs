@@ -31,10 +31,13 @@ async fn counts_and_backfill() {
     let bucket = engine::bucket::bucket(&ns, buckets);
 
     let counts = BucketCounts::new(buckets);
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, mut rx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
     tokio::spawn(counts.clone().run(client.clone(), tx, cancel.clone()));
-    tokio::spawn(backfill(client.clone(), buckets, rx, cancel.clone()));
+    tokio::spawn({
+        let (client, cancel) = (client.clone(), cancel.clone());
+        async move { backfill(client, buckets, &mut rx, cancel, || {}).await }
+    });
     counts.wait_synced().await;
 
     for name in ["a", "b", "c"] {

@@ -90,7 +90,7 @@ fn worker(
     let ownership = Arc::new(Mutex::new(Ownership::new()));
     let session = Session::new(
         SessionConfig {
-            coordinator: format!("http://{addr}"),
+            coordinator: vec![format!("http://{addr}")],
             worker_id: name.into(),
             lease_namespace: "ns".into(),
             buckets: B,
@@ -124,7 +124,11 @@ async fn a_joining_worker_gets_half_and_nobody_double_holds() {
     let (core, snapshot) = Core::new(slots, store, RoundRobin, Box::new(|| vec![0; B as usize]));
     let (events, rx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
-    tokio::spawn(core.run(rx, cancel.clone()));
+    tokio::spawn({
+        let cancel = cancel.clone();
+        let mut rx = rx;
+        async move { core.run(&mut rx, cancel).await }
+    });
     let (_leader_tx, leadership) = watch::channel(Some(Leadership {
         id: "coordinator-0".into(),
         epoch: 1,

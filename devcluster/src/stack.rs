@@ -155,11 +155,162 @@ pub async fn start_webhooks(
         )?;
         started.push((process, format!("http://127.0.0.1:{admin_port}")));
     }
-    // Record them before waiting, so a failed start (or a crash of the caller) still leaves them
-    // to `cargo xtask down` / the private cluster's drop, and stop them all if one never gets
-    // ready.
+    // Recorded before waiting, so a failed start (or a crash of the caller) still leaves them
+    // to `cargo xtask down` / the private cluster's drop; all stop if one never gets ready.
+    let addresses = vec![(WEBHOOK_ADDRESS.to_owned(), webhook_url(config.port))];
+    wait_all_ready(layout, started, &addresses, config.ready_timeout).await
+}
+
+/// The coordinators' gRPC ports in the shared devcluster (`coordinator-0`, `coordinator-1`);
+/// `ktctl`'s default `--coordinator` names both.
+pub const COORDINATOR_PORTS: [u16; 2] = [9444, 9445];
+
+/// Address key in `endpoints.json` for the coordinators' gRPC URLs (comma-separated).
+pub const COORDINATOR_ADDRESSES: &str = "coordinators";
+
+/// How to run coordinators and workers.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// The `kubetemplater-coordinator` binary.
+    pub coordinator_binary: PathBuf,
+    /// The `kubetemplater-worker` binary.
+    pub worker_binary: PathBuf,
+    /// The coordinators' gRPC ports on 127.0.0.1, one per coordinator (identities
+    /// `coordinator-0` …; devcluster provisions two).
+    pub coordinator_ports: Vec<u16>,
+    /// More flags for every coordinator.
+    pub coordinator_args: Vec<String>,
+    /// More flags for every worker.
+    pub worker_args: Vec<String>,
+    /// How long each process may take to become ready.
+    pub ready_timeout: Duration,
+}
+
+impl ShardConfig {
+    /// Both binaries, coordinators on `coordinator_ports`.
+    pub fn new(
+        coordinator_binary: impl Into<PathBuf>,
+        worker_binary: impl Into<PathBuf>,
+        coordinator_ports: Vec<u16>,
+    ) -> Self {
+        Self {
+            coordinator_binary: coordinator_binary.into(),
+            worker_binary: worker_binary.into(),
+            coordinator_ports,
+            coordinator_args: Vec::new(),
+            worker_args: Vec::new(),
+            ready_timeout: Duration::from_secs(90),
+        }
+    }
+
+    /// The coordinators' gRPC URLs, comma-separated (for `--coordinator-addr` and `ktctl`).
+    pub fn coordinator_urls(&self) -> String {
+        self.coordinator_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Starts the coordinators (all of them serve gRPC; one leads) and waits until each is ready.
+pub async fn start_coordinators(
+    layout: &Layout,
+    endpoints: &Endpoints,
+    config: &ShardConfig,
+) -> Result<Vec<Component>> {
+    let mut started = Vec::new();
+    for (i, port) in config.coordinator_ports.iter().enumerate() {
+        let identity = format!("coordinator-{i}");
+        let admin_port = crate::cluster::free_port()?;
+        let mut args: Vec<String> = [
+            "--id",
+            &identity,
+            "--grpc-addr",
+            &format!("127.0.0.1:{port}"),
+            "--namespace",
+            SYSTEM_NAMESPACE,
+            "--admin-addr",
+            &format!("127.0.0.1:{admin_port}"),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(config.coordinator_args.iter().cloned());
+        started.push(spawn_component(
+            layout,
+            endpoints,
+            &identity,
+            &config.coordinator_binary,
+            &args,
+            admin_port,
+        )?);
+    }
+    let addresses = vec![(COORDINATOR_ADDRESSES.to_owned(), config.coordinator_urls())];
+    wait_all_ready(layout, started, &addresses, config.ready_timeout).await
+}
+
+/// Starts workers `worker-<i>` for every `i` in `ids` and waits until each is ready (Lease
+/// held, policy cache synced, session with the leader open).
+pub async fn start_workers(
+    layout: &Layout,
+    endpoints: &Endpoints,
+    config: &ShardConfig,
+    ids: impl IntoIterator<Item = usize>,
+) -> Result<Vec<Component>> {
+    let mut started = Vec::new();
+    for i in ids {
+        let identity = format!("worker-{i}");
+        let admin_port = crate::cluster::free_port()?;
+        let mut args: Vec<String> = [
+            "--worker-id",
+            &identity,
+            "--coordinator-addr",
+            &config.coordinator_urls(),
+            "--namespace",
+            SYSTEM_NAMESPACE,
+            "--admin-addr",
+            &format!("127.0.0.1:{admin_port}"),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(config.worker_args.iter().cloned());
+        started.push(spawn_component(
+            layout,
+            endpoints,
+            &identity,
+            &config.worker_binary,
+            &args,
+            admin_port,
+        )?);
+    }
+    wait_all_ready(layout, started, &[], config.ready_timeout).await
+}
+
+fn spawn_component(
+    layout: &Layout,
+    endpoints: &Endpoints,
+    identity: &str,
+    binary: &Path,
+    args: &[String],
+    admin_port: u16,
+) -> Result<(process::Started, String)> {
+    let env = component_env(endpoints, identity);
+    let process = process::spawn_with_env(identity, binary, args, &env, &layout.log(identity))?;
+    Ok((process, format!("http://127.0.0.1:{admin_port}")))
+}
+
+/// Records `started` (so `down` stops them even if waiting fails), then waits for each; on a
+/// failure stops them all.
+async fn wait_all_ready(
+    layout: &Layout,
+    started: Vec<(process::Started, String)>,
+    addresses: &[(String, String)],
+    timeout: Duration,
+) -> Result<Vec<Component>> {
     let records: Vec<_> = started.iter().map(|(p, _)| p.record.clone()).collect();
-    let mut addresses = vec![(WEBHOOK_ADDRESS.to_owned(), webhook_url(config.port))];
+    let mut addresses = addresses.to_vec();
     addresses.extend(
         started
             .iter()
@@ -168,7 +319,7 @@ pub async fn start_webhooks(
     record_components(layout, &records, &addresses)?;
     let mut components = Vec::new();
     for (mut process, admin) in started {
-        if let Err(error) = wait_ready(&mut process, &admin, config.ready_timeout).await {
+        if let Err(error) = wait_ready(&mut process, &admin, timeout).await {
             for record in &records {
                 record.stop(Duration::from_secs(5));
             }

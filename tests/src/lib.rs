@@ -13,6 +13,9 @@ use kube::{Api, Client};
 
 pub use devcluster::testing::Target;
 
+pub mod system;
+pub mod workload;
+
 /// Field manager the tests use when they install things.
 pub const TEST_MANAGER: &str = "kubetemplater-e2e";
 

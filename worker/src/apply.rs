@@ -1,6 +1,7 @@
 //! Applying and deleting arbitrary objects: discovery (cached per apiVersion/kind), server-side
 //! apply under the field manager `kubetemplater`, `replace` on an invalid update, and deletes that
-//! only touch objects this template created.
+//! only touch objects this template created. Every write goes through [`Writes`] (the Lease's
+//! fence, checked right before the request is sent, and the write timeout).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -12,7 +13,10 @@ use kube::api::{
 };
 use kube::discovery::{ApiCapabilities, Scope};
 
+use runtime::lease::Fenced;
+
 use crate::desired::DesiredObject;
+use crate::writes::{WriteError, Writes};
 
 /// Why an apply or delete failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,26 @@ pub enum ApplyError {
         /// The API server's message.
         message: String,
     },
+    /// The worker's Lease fence was closed: the write was not sent.
+    #[error("{verb} {object}: {source}")]
+    Fenced {
+        /// apply, delete.
+        verb: &'static str,
+        /// The object.
+        object: String,
+        /// Which Lease, and why it is no longer held.
+        source: Fenced,
+    },
+    /// The write got no answer within the write timeout and was abandoned.
+    #[error("{verb} {object}: no answer within {after:?} (the write timeout)")]
+    TimedOut {
+        /// apply, delete.
+        verb: &'static str,
+        /// The object.
+        object: String,
+        /// The timeout.
+        after: std::time::Duration,
+    },
     /// Any other API error.
     #[error("{verb} {object}: {source}")]
     Api {
@@ -64,7 +88,37 @@ impl ApplyError {
             ApplyError::UnknownKind { .. } => "unknown_kind",
             ApplyError::Conflict { .. } => "conflict",
             ApplyError::Invalid { .. } => "invalid",
+            ApplyError::Fenced { .. } => "fenced",
+            ApplyError::TimedOut { .. } => "timed_out",
             ApplyError::Api { .. } => "api",
+        }
+    }
+
+    /// Why the write was refused unsent, when the fence was closed.
+    pub fn fenced(&self) -> Option<&Fenced> {
+        match self {
+            ApplyError::Fenced { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    fn write(verb: &'static str, object: String, error: WriteError) -> Self {
+        match error {
+            WriteError::Fenced(source) => ApplyError::Fenced {
+                verb,
+                object,
+                source,
+            },
+            WriteError::TimedOut { after } => ApplyError::TimedOut {
+                verb,
+                object,
+                after,
+            },
+            WriteError::Api(source) => ApplyError::Api {
+                verb,
+                object,
+                source: Box::new(source),
+            },
         }
     }
 }
@@ -82,6 +136,7 @@ pub struct Resolved {
 #[derive(Clone)]
 pub struct Applier {
     client: kube::Client,
+    writes: Writes,
     kinds: Arc<RwLock<HashMap<(String, String), Resolved>>>,
 }
 
@@ -96,12 +151,24 @@ fn split_api_version(api_version: &str) -> (&str, &str) {
 }
 
 impl Applier {
-    /// An applier using `client`.
+    /// An applier using `client`, writing without a fence ([`Writes::unfenced`]): for tests and
+    /// tools that hold no Lease.
     pub fn new(client: kube::Client) -> Self {
+        Self::with_writes(client, Writes::unfenced())
+    }
+
+    /// An applier using `client` whose every write goes through `writes`.
+    pub fn with_writes(client: kube::Client, writes: Writes) -> Self {
         Self {
             client,
+            writes,
             kinds: Arc::default(),
         }
+    }
+
+    /// The gate its writes go through.
+    pub fn writes(&self) -> &Writes {
+        &self.writes
     }
 
     /// Discovery for `api_version`/`kind`, cached (one request per kind per process; a kind that
@@ -167,50 +234,43 @@ impl Applier {
         let api = self.api(&resolved, Some(&desired.namespace));
         let mut params = PatchParams::apply(FIELD_MANAGER);
         params.force = force;
-        let result = api
-            .patch(&desired.name, &params, &Patch::Apply(&object))
+        let result = self
+            .writes
+            .send(
+                "apply",
+                api.patch(&desired.name, &params, &Patch::Apply(&object)),
+            )
             .await;
         match result {
             Ok(_) => Ok(resolved),
-            Err(kube::Error::Api(status)) if status.code == 422 && desired.replace => {
+            Err(WriteError::Api(kube::Error::Api(status)))
+                if status.code == 422 && desired.replace =>
+            {
                 tracing::info!(object = %desired.describe(), reason = %status.message, "update refused; replacing the object (replace: true)");
-                match api.delete(&desired.name, &DeleteParams::foreground()).await {
+                let deleted = self
+                    .writes
+                    .send(
+                        "delete",
+                        api.delete(&desired.name, &DeleteParams::foreground()),
+                    )
+                    .await;
+                match deleted {
                     Ok(_) => {}
-                    Err(kube::Error::Api(status)) if status.code == 404 => {}
-                    Err(source) => {
-                        return Err(ApplyError::Api {
-                            verb: "delete",
-                            object: desired.describe(),
-                            source: Box::new(source),
-                        });
-                    }
+                    Err(e) if e.status_code() == Some(404) => {}
+                    Err(e) => return Err(ApplyError::write("delete", desired.describe(), e)),
                 }
                 // The foreground delete may still be in progress; the next apply either creates
                 // the object or fails and is retried by the queue.
-                api.patch(&desired.name, &params, &Patch::Apply(&object))
+                self.writes
+                    .send(
+                        "apply",
+                        api.patch(&desired.name, &params, &Patch::Apply(&object)),
+                    )
                     .await
                     .map(|_| resolved)
-                    .map_err(|e| self.classify(desired, e))
+                    .map_err(|e| classify(desired, e))
             }
-            Err(e) => Err(self.classify(desired, e)),
-        }
-    }
-
-    fn classify(&self, desired: &DesiredObject, error: kube::Error) -> ApplyError {
-        match error {
-            kube::Error::Api(status) if status.code == 409 => ApplyError::Conflict {
-                object: desired.describe(),
-                message: status.message,
-            },
-            kube::Error::Api(status) if status.code == 422 => ApplyError::Invalid {
-                object: desired.describe(),
-                message: status.message,
-            },
-            source => ApplyError::Api {
-                verb: "apply",
-                object: desired.describe(),
-                source: Box::new(source),
-            },
+            Err(e) => Err(classify(desired, e)),
         }
     }
 
@@ -278,18 +338,33 @@ impl Applier {
             tracing::info!(object = %describe(), "not deleting: it no longer carries this template's labels");
             return Ok(());
         }
-        match api
-            .delete(&reference.name, &DeleteParams::background())
-            .await
-        {
+        let deleted = self
+            .writes
+            .send(
+                "delete",
+                api.delete(&reference.name, &DeleteParams::background()),
+            )
+            .await;
+        match deleted {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-            Err(source) => Err(ApplyError::Api {
-                verb: "delete",
-                object: describe(),
-                source: Box::new(source),
-            }),
+            Err(e) if e.status_code() == Some(404) => Ok(()),
+            Err(e) => Err(ApplyError::write("delete", describe(), e)),
         }
+    }
+}
+
+/// An apply's error: conflicts and invalid objects by name, the rest as they came.
+fn classify(desired: &DesiredObject, error: WriteError) -> ApplyError {
+    match error {
+        WriteError::Api(kube::Error::Api(status)) if status.code == 409 => ApplyError::Conflict {
+            object: desired.describe(),
+            message: status.message,
+        },
+        WriteError::Api(kube::Error::Api(status)) if status.code == 422 => ApplyError::Invalid {
+            object: desired.describe(),
+            message: status.message,
+        },
+        error => ApplyError::write("apply", desired.describe(), error),
     }
 }
 

@@ -4,23 +4,41 @@ use std::time::Duration;
 
 use telemetry::{AdminArgs, TelemetryArgs, parse_duration};
 
+const AFTER_HELP: &str = "\
+The worker holds its own Lease <--namespace>/<--worker-id> and writes to the API server only while
+the Lease is renewed (self-fencing): each write is checked against it right before it is sent and
+is abandoned after 3/4 of (lease duration - renew deadline - 1 s clock skew).
+
+Readiness (/readyz): the Lease is held, the policy cache has synced, and a coordinator session has
+been open at least once.
+
+Exit status: 0 after SIGTERM/SIGINT (Leaving sent, buckets revoked or --shutdown-grace passed,
+in-flight work finished, Lease released); 1 on a configuration error, or when the Lease was lost
+(renewals failed until the renew deadline, taken over, deleted): all work stops at once and a
+supervisor restarts the process, which acquires the Lease in a new term.
+
+The cluster comes from KUBECONFIG, or the in-cluster configuration.";
+
 /// `kubetemplater-worker`: owns buckets, reconciles their KubeTemplates.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "kubetemplater-worker", version, about)]
+#[command(name = "kubetemplater-worker", version, about, after_long_help = AFTER_HELP)]
 pub struct Args {
     /// This worker's identity: the name of its Lease and what the coordinator calls it. In a pod,
     /// set it from the pod name (downward API).
     #[arg(long, env = "KT_WORKER_ID")]
     pub worker_id: String,
 
-    /// The coordinator's gRPC address (the Service in front of the coordinators; only the leader
-    /// accepts sessions, the others say who leads).
+    /// The coordinators' gRPC addresses, comma-separated: each replica's, or one Service in front
+    /// of them. Only the leader accepts a session (a standby answers UNAVAILABLE); they are
+    /// tried in turn, and the worker waits (0.5 s doubling to 30 s) only after all refused.
     #[arg(
         long,
         env = "KT_COORDINATOR_ADDR",
+        value_delimiter = ',',
+        value_name = "URL[,URL...]",
         default_value = "http://kubetemplater-coordinator:9444"
     )]
-    pub coordinator_addr: String,
+    pub coordinator_addr: Vec<String>,
 
     /// Namespace of kubetemplater's own objects (the worker's Lease, the policies).
     #[arg(long, env = "KT_NAMESPACE", default_value = "kubetemplater-system")]
@@ -51,7 +69,9 @@ pub struct Args {
     #[arg(long, env = "KT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
 
-    /// The worker stops writing when it could not renew its Lease for this long (< lease duration).
+    /// The worker stops writing when it could not renew its Lease for this long. Plus the 1 s
+    /// clock-skew allowance, it must stay below the lease duration; at least twice the retry
+    /// period.
     #[arg(long, env = "KT_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     pub renew_deadline: Duration,
 
@@ -59,7 +79,8 @@ pub struct Args {
     #[arg(long, env = "KT_LEASE_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
     pub retry_period: Duration,
 
-    /// On SIGTERM, how long in-flight reconciles may take before the process exits anyway.
+    /// On SIGTERM: how long to wait for the coordinator to revoke every bucket (after Leaving)
+    /// and for in-flight reconciles to finish, in all, before the Lease is released anyway.
     #[arg(long, env = "KT_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
@@ -90,6 +111,26 @@ mod tests {
         assert_eq!(args.lease_duration, Duration::from_secs(15));
         assert!(args.renew_deadline < args.lease_duration);
         assert_eq!(args.buckets, 1024);
+        assert_eq!(
+            args.coordinator_addr,
+            vec!["http://kubetemplater-coordinator:9444".to_owned()]
+        );
+    }
+
+    #[test]
+    fn coordinators_are_a_comma_separated_list() {
+        let args = Args::try_parse_from([
+            "kubetemplater-worker",
+            "--worker-id",
+            "worker-0",
+            "--coordinator-addr",
+            "http://127.0.0.1:9444,http://127.0.0.1:9445",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.coordinator_addr,
+            vec!["http://127.0.0.1:9444", "http://127.0.0.1:9445"]
+        );
     }
 
     #[test]

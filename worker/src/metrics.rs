@@ -8,6 +8,8 @@
 //! | `kubetemplater_retries_total` | counter | — |
 //! | `kubetemplater_reconcile_duration_seconds` | histogram | `result` |
 //! | `kubetemplater_api_requests_total` | counter | `verb` (writes the worker sent: `apply`, `delete`, `patch_status`, `patch`) |
+//! | `kubetemplater_writes_fenced_total` | counter | `verb` (writes refused unsent: the Lease's fence was closed) |
+//! | `kubetemplater_write_timeouts_total` | counter | `verb` (writes abandoned after the write timeout) |
 //! | `kubetemplater_buckets_owned` | gauge | — |
 //! | `kubetemplater_handoffs_total` | counter | `direction` (`grant`, `revoke`) |
 //! | `kubetemplater_handoff_release_seconds` | histogram | — (revoke received → released sent) |
@@ -45,6 +47,8 @@ pub struct Metrics {
     retries: Counter,
     duration: Family<ResultLabel, Histogram>,
     api_requests: Family<VerbLabel, Counter>,
+    fenced: Family<VerbLabel, Counter>,
+    write_timeouts: Family<VerbLabel, Counter>,
     buckets_owned: Gauge,
     handoffs: Family<DirectionLabel, Counter>,
     release: Histogram,
@@ -61,6 +65,8 @@ impl Default for Metrics {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
             api_requests: Family::default(),
+            fenced: Family::default(),
+            write_timeouts: Family::default(),
             buckets_owned: Gauge::default(),
             handoffs: Family::default(),
             release: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
@@ -101,6 +107,16 @@ impl Metrics {
             "api_requests",
             "Writes sent to the API server, by verb",
             m.api_requests.clone(),
+        );
+        registry.register(
+            "writes_fenced",
+            "Writes refused unsent because the worker's Lease fence was closed, by verb",
+            m.fenced.clone(),
+        );
+        registry.register(
+            "write_timeouts",
+            "Writes abandoned after the write timeout, by verb",
+            m.write_timeouts.clone(),
         );
         registry.register(
             "buckets_owned",
@@ -145,6 +161,16 @@ impl Metrics {
     /// Records a write to the API server.
     pub fn observe_write(&self, verb: &'static str) {
         self.api_requests.get_or_create(&VerbLabel { verb }).inc();
+    }
+
+    /// Records a write refused by the fence (not sent).
+    pub fn observe_fenced(&self, verb: &'static str) {
+        self.fenced.get_or_create(&VerbLabel { verb }).inc();
+    }
+
+    /// Records a write abandoned after the write timeout.
+    pub fn observe_write_timeout(&self, verb: &'static str) {
+        self.write_timeouts.get_or_create(&VerbLabel { verb }).inc();
     }
 
     /// Sets the number of owned buckets.

@@ -6,12 +6,21 @@
 //! queue.run(N) ── reconcile (skip when unchanged; render, policy, apply, prune, status)
 //! revoke(b)  ── watches of b stop, queue fences b and drops its keys; resolves once b's
 //!               in-flight reconciles finished: only then is `Released` sent
+//! reconciled  ── the template's kinds are registered with the drift watches (crate::drift)
+//! drift event ── owner still lists the object? queue.add(owner, Change), marked as drift
 //! ```
+//!
+//! The queue knows two priorities only; a key whose drift was reported is remembered in a set
+//! (at most one entry per queued key; emptied for revoked buckets) and reconciled with
+//! [`Trigger::Drift`] (objects read, the changed ones re-applied by force, the drift counted in the
+//! status, although the template did not change) when
+//! it is handed out, whatever priority it was queued with. A drift reconcile that fails stays
+//! marked, so its retries force as well.
 //!
 //! A reconcile continues the trace the mutating webhook stored on the template
 //! (`kubetemplater.io/traceparent`), so one trace goes from `kubectl apply` to the last apply.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,8 +32,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::drift::{self, DriftEvent, DriftWatches};
 use crate::metrics::Metrics;
-use crate::queue::{Priority, QueueConfig, QueueKey, QueueObserver, Work, WorkQueue};
+use crate::queue::{Added, Priority, QueueConfig, QueueKey, QueueObserver, Work, WorkQueue};
 use crate::reconcile::{Outcome, ReconcileError, Reconciler, Trigger};
 use crate::session::BucketHost;
 use crate::watches::{TemplateEvent, TemplateKey, TemplateWatches};
@@ -63,17 +73,22 @@ impl QueueObserver<TemplateKey> for Observer {
 pub struct Pipeline {
     queue: WorkQueue<TemplateKey>,
     watches: TemplateWatches,
+    drift: DriftWatches,
     reconciler: Reconciler,
     metrics: Metrics,
     config: PipelineConfig,
     owned: Mutex<BTreeSet<u32>>,
     events: Mutex<Option<mpsc::Receiver<TemplateEvent>>>,
+    drift_events: Mutex<Option<mpsc::Receiver<DriftEvent>>>,
+    /// Keys to reconcile as [`Trigger::Drift`] when next handed out.
+    drifted: Mutex<HashSet<TemplateKey>>,
 }
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
             .field("watches", &self.watches)
+            .field("drift", &self.drift)
             .finish_non_exhaustive()
     }
 }
@@ -92,22 +107,28 @@ impl Pipeline {
         config: PipelineConfig,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(1024);
+        let (drift_tx, drift_rx) = mpsc::channel(drift::CHANNEL);
         let queue =
             WorkQueue::with_observer(config.queue.clone(), Arc::new(Observer(metrics.clone())));
         Arc::new(Self {
             queue,
-            watches: TemplateWatches::new(client, tx),
+            watches: TemplateWatches::new(client.clone(), tx),
+            drift: DriftWatches::new(client, drift_tx),
             reconciler,
             metrics,
             config,
             owned: Mutex::default(),
             events: Mutex::new(Some(rx)),
+            drift_events: Mutex::new(Some(drift_rx)),
+            drifted: Mutex::default(),
         })
     }
 
     /// Runs until the queue is shut down ([`Pipeline::shut_down`]) or `cancel`.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let Some(mut events) = lock(&self.events).take() else {
+        let (Some(mut events), Some(mut drift_events)) =
+            (lock(&self.events).take(), lock(&self.drift_events).take())
+        else {
             tracing::error!("the pipeline runs once");
             return;
         };
@@ -126,6 +147,19 @@ impl Pipeline {
                         Priority::Change
                     };
                     queue.add(event.key, priority).await;
+                }
+            })
+        };
+        let drift_feeder = {
+            let this = self.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                loop {
+                    let event = tokio::select! {
+                        () = cancel.cancelled() => return,
+                        e = drift_events.recv() => match e { Some(e) => e, None => return },
+                    };
+                    this.drift_seen(event).await;
                 }
             })
         };
@@ -156,16 +190,41 @@ impl Pipeline {
             () = cancel.cancelled() => self.queue.shut_down(),
         }
         feeder.abort();
+        drift_feeder.abort();
         resync.abort();
         self.watches.clear();
+        self.drift.clear();
+    }
+
+    /// A managed object was changed by someone else or deleted: queue its owner as a drift,
+    /// unless the owner is gone, being deleted, or no longer lists the object (then the change
+    /// is our own prune or finalizer at work, or the object is not ours to keep).
+    async fn drift_seen(&self, event: DriftEvent) {
+        let Some(template) = self.watches.get(&event.key) else {
+            return;
+        };
+        if template.metadata.deletion_timestamp.is_some() || !drift::lists(&template, &event.object)
+        {
+            return;
+        }
+        tracing::debug!(object = %event.object, template = %event.key, deleted = event.deleted, "drift");
+        lock(&self.drifted).insert(event.key.clone());
+        match self.queue.add(event.key.clone(), Priority::Change).await {
+            Added::Fenced | Added::ShutDown | Added::Skipped => {
+                lock(&self.drifted).remove(&event.key);
+            }
+            Added::Queued { .. } | Added::Merged | Added::Dirty | Added::Parked => {}
+        }
     }
 
     async fn process(&self, work: Work<TemplateKey>) -> Result<Outcome, ReconcileError> {
+        let drifted = lock(&self.drifted).remove(&work.key);
         let Some(template) = self.watches.get(&work.key) else {
             // Deleted (its finalizer already ran) or its bucket was revoked meanwhile.
             return Ok(Outcome::Unchanged);
         };
         let trigger = match work.priority {
+            _ if drifted => Trigger::Drift,
             Priority::Change => Trigger::Change,
             Priority::Resync => Trigger::Resync,
         };
@@ -201,6 +260,20 @@ impl Pipeline {
         };
         span.record("outcome", label);
         self.metrics.observe_reconcile(label, started.elapsed());
+        // Watch the kinds of what was applied, so drift of its objects is seen at once. After a
+        // failure only what status lists as applied (a kind that failed may not exist at all).
+        match &result {
+            Ok(Outcome::Unchanged | Outcome::Applied { .. }) => {
+                self.drift.register(drift::kinds_of(&template, true));
+            }
+            Err(_) => {
+                self.drift.register(drift::kinds_of(&template, false));
+                if drifted && self.queue.is_admitted(&work.key.bucket) {
+                    lock(&self.drifted).insert(work.key.clone());
+                }
+            }
+            Ok(Outcome::Denied | Outcome::Finalized) => {}
+        }
         if let Err(error) = &result {
             span.in_scope(|| tracing::warn!(%error, name = %template.name_any(), "reconcile failed; will retry"));
         }
@@ -220,11 +293,17 @@ impl Pipeline {
             );
         }
         self.watches.clear();
+        self.drift.clear();
     }
 
     /// Buckets being worked on.
     pub fn owned(&self) -> BTreeSet<u32> {
         lock(&self.owned).clone()
+    }
+
+    /// The watches on managed objects (kinds and buckets watched).
+    pub fn drift(&self) -> &DriftWatches {
+        &self.drift
     }
 }
 
@@ -233,6 +312,7 @@ impl BucketHost for Arc<Pipeline> {
         lock(&self.owned).extend(buckets.iter().copied());
         self.queue.grant(buckets.iter().copied());
         self.watches.add(buckets);
+        self.drift.add(buckets);
     }
 
     fn stop(&self, buckets: Vec<u32>) -> BoxFuture<'static, ()> {
@@ -243,7 +323,11 @@ impl BucketHost for Arc<Pipeline> {
             }
         }
         self.watches.remove(&buckets);
-        self.queue.revoke(buckets).boxed()
+        self.drift.remove(&buckets);
+        // The revoke fences the buckets at once: no drift mark of theirs can be added after this.
+        let released = self.queue.revoke(buckets.clone());
+        lock(&self.drifted).retain(|k| !buckets.contains(&k.bucket));
+        released.boxed()
     }
 
     fn load(&self) -> proto::v1::Load {

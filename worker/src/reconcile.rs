@@ -14,6 +14,11 @@
 //! with every error in `status.status`, and the reconcile returns an error so the queue retries
 //! it with backoff. A policy denial is not retried by the queue (the verdict only changes with
 //! the policy).
+//!
+//! Every write (apply, replace, delete, finalizer, status) goes through the reconciler's
+//! [`Writes`]: in a worker, the fence of its Lease, checked right before the request is sent
+//! ([`crate::writes`]). Once a write is fenced the reconcile stops writing and returns
+//! [`ReconcileError::Fenced`]; nothing after it (prune, status) is attempted.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -29,8 +34,11 @@ use kube::ResourceExt as _;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
+use runtime::lease::Fenced;
+
 use crate::apply::{Applier, ApplyError};
 use crate::desired::desired;
+use crate::writes::{WriteError, Writes};
 
 /// Finalizer on every KubeTemplate a worker has applied, so deleting the template deletes its
 /// objects (those Kubernetes' garbage collector would not: other namespaces, not `referenced`).
@@ -53,7 +61,7 @@ impl PolicySource for runtime::policies::PolicyCache {
 pub enum Trigger {
     /// The template changed (or was just granted).
     Change,
-    /// A managed object changed: apply even though the template did not.
+    /// A managed object changed: read the objects and put back (by force) those that drifted.
     Drift,
     /// The slow safety resync.
     Resync,
@@ -92,7 +100,17 @@ pub enum ReconcileError {
         template: String,
         /// The error.
         #[source]
-        source: Box<kube::Error>,
+        source: Box<WriteError>,
+    },
+    /// The worker's Lease fence is closed: a write was refused unsent and the reconcile stopped
+    /// writing. The worker stops all work when its fence closes; the next holder of the bucket
+    /// reconciles the template again.
+    #[error("{template}: stopped writing: {source}")]
+    Fenced {
+        /// `namespace/name`.
+        template: String,
+        /// Which Lease, and why it is no longer held.
+        source: Fenced,
     },
 }
 
@@ -110,7 +128,45 @@ impl ReconcileError {
         match self {
             ReconcileError::Objects(_) => "objects",
             ReconcileError::Template { .. } => "template_write",
+            ReconcileError::Fenced { .. } => "fenced",
         }
+    }
+
+    /// Why the reconcile stopped writing, when the fence was closed.
+    pub fn fenced(&self) -> Option<&Fenced> {
+        match self {
+            ReconcileError::Fenced { source, .. } => Some(source),
+            ReconcileError::Objects(errors) => errors.iter().find_map(ApplyError::fenced),
+            ReconcileError::Template { source, .. } => match &**source {
+                WriteError::Fenced(fenced) => Some(fenced),
+                _ => None,
+            },
+        }
+    }
+
+    /// `self`, as [`ReconcileError::Fenced`] when any part of it was fenced.
+    fn fenced_first(self, template: impl FnOnce() -> String) -> Self {
+        match self.fenced() {
+            Some(fenced) if !matches!(self, ReconcileError::Fenced { .. }) => {
+                ReconcileError::Fenced {
+                    template: template(),
+                    source: fenced.clone(),
+                }
+            }
+            _ => self,
+        }
+    }
+}
+
+/// A failed write to the template itself: [`ReconcileError::Fenced`] when the fence refused it.
+fn template_write(action: &'static str, template: String, error: WriteError) -> ReconcileError {
+    match error {
+        WriteError::Fenced(source) => ReconcileError::Fenced { template, source },
+        error => ReconcileError::Template {
+            action,
+            template,
+            source: Box::new(error),
+        },
     }
 }
 
@@ -132,7 +188,9 @@ impl std::fmt::Debug for Reconciler {
 }
 
 impl Reconciler {
-    /// A reconciler applying at most `concurrency` objects of one template at once.
+    /// A reconciler applying at most `concurrency` objects of one template at once, writing
+    /// without a fence ([`Writes::unfenced`]): for tests and tools that hold no Lease. A worker
+    /// adds its fence with [`Reconciler::with_writes`].
     pub fn new(client: kube::Client, policies: Arc<dyn PolicySource>, concurrency: usize) -> Self {
         Self {
             applier: Applier::new(client.clone()),
@@ -142,8 +200,39 @@ impl Reconciler {
         }
     }
 
+    /// The same reconciler with every write going through `writes` (the worker's: its Lease
+    /// fence and write timeout).
+    #[must_use]
+    pub fn with_writes(mut self, writes: Writes) -> Self {
+        self.applier = Applier::with_writes(self.client.clone(), writes);
+        self
+    }
+
+    /// The gate its writes go through.
+    pub fn writes(&self) -> &Writes {
+        self.applier.writes()
+    }
+
     /// Reconciles `template`, whose bucket label value is `bucket`.
     pub async fn reconcile(
+        &self,
+        template: &KubeTemplate,
+        bucket: &str,
+        trigger: Trigger,
+    ) -> Result<Outcome, ReconcileError> {
+        let template_ref = || {
+            format!(
+                "{}/{}",
+                template.namespace().unwrap_or_default(),
+                template.name_any()
+            )
+        };
+        self.reconcile_unfenced(template, bucket, trigger)
+            .await
+            .map_err(|e| e.fenced_first(template_ref))
+    }
+
+    async fn reconcile_unfenced(
         &self,
         template: &KubeTemplate,
         bucket: &str,
@@ -166,7 +255,11 @@ impl Reconciler {
                     .delete_owned(reference, &namespace, &name)
                     .await
                 {
+                    let fenced = e.fenced().is_some();
                     errors.push(e);
+                    if fenced {
+                        break;
+                    }
                 }
             }
             if !errors.is_empty() {
@@ -174,11 +267,7 @@ impl Reconciler {
             }
             self.set_finalizer(&api, template, false)
                 .await
-                .map_err(|source| ReconcileError::Template {
-                    action: "removing the finalizer of",
-                    template: template_ref(),
-                    source: Box::new(source),
-                })?;
+                .map_err(|e| template_write("removing the finalizer of", template_ref(), e))?;
             return Ok(Outcome::Finalized);
         }
 
@@ -190,9 +279,11 @@ impl Reconciler {
         if unchanged && trigger == Trigger::Change {
             return Ok(Outcome::Unchanged);
         }
-        if unchanged && trigger == Trigger::Resync {
-            // The safety resync: reads only; objects changed or deleted behind our back are put
-            // back (by force: someone else took fields we own), as the original's drift check.
+        if unchanged && matches!(trigger, Trigger::Resync | Trigger::Drift) {
+            // The safety resync, or a managed object changed (seen by the drift watches): reads
+            // only; objects changed or deleted behind our back are put back (by force: someone
+            // else took fields we own), as the original's drift check. Only drifted objects are
+            // written, and the drift is counted in the status.
             let mut drifted = Vec::new();
             for object in &wanted.objects {
                 match self.applier.drifted(object).await {
@@ -207,7 +298,11 @@ impl Reconciler {
             let mut errors = Vec::new();
             for object in &drifted {
                 if let Err(e) = self.applier.apply(object, true).await {
+                    let fenced = e.fenced().is_some();
                     errors.push(e);
+                    if fenced {
+                        return Err(ReconcileError::Objects(errors));
+                    }
                 }
             }
             let mut next = status.clone();
@@ -228,11 +323,7 @@ impl Reconciler {
         if !template.finalizers().iter().any(|f| f == FINALIZER) {
             self.set_finalizer(&api, template, true)
                 .await
-                .map_err(|source| ReconcileError::Template {
-                    action: "adding the finalizer to",
-                    template: template_ref(),
-                    source: Box::new(source),
-                })?;
+                .map_err(|e| template_write("adding the finalizer to", template_ref(), e))?;
         }
 
         let policies = self.policies.lookup(&namespace);
@@ -278,6 +369,10 @@ impl Reconciler {
                 Err(e) => errors.push(e),
             }
         }
+        if errors.iter().any(|e| e.fenced().is_some()) {
+            // No prune, no status: nothing more may be written.
+            return Err(ReconcileError::Objects(errors));
+        }
         // Keep template order in status.
         applied_refs.sort_by_key(|r| {
             wanted.objects.iter().position(|o| {
@@ -304,6 +399,10 @@ impl Reconciler {
             }
             match self.applier.delete_owned(old, &namespace, &name).await {
                 Ok(()) => pruned += 1,
+                Err(e) if e.fenced().is_some() => {
+                    errors.push(e);
+                    return Err(ReconcileError::Objects(errors));
+                }
                 Err(e) => {
                     kept.push(old.clone());
                     errors.push(e);
@@ -352,7 +451,7 @@ impl Reconciler {
         api: &Api<KubeTemplate>,
         template: &KubeTemplate,
         present: bool,
-    ) -> kube::Result<()> {
+    ) -> Result<(), WriteError> {
         let mut finalizers: Vec<String> = template
             .finalizers()
             .iter()
@@ -369,13 +468,12 @@ impl Reconciler {
                 "resourceVersion": template.resource_version(),
             }
         });
-        api.patch(
-            &template.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map(drop)
+        let name = template.name_any();
+        let params = PatchParams::default();
+        self.writes()
+            .send("patch", api.patch(&name, &params, &Patch::Merge(&patch)))
+            .await
+            .map(drop)
     }
 
     /// Writes `next` unless it equals `current` (so an idle template costs no write).
@@ -390,25 +488,22 @@ impl Reconciler {
             return Ok(());
         }
         let patch = json!({ "status": next });
-        api.patch_status(
-            &template.name_any(),
-            &PatchParams {
-                field_manager: Some(FIELD_MANAGER.to_owned()),
-                ..PatchParams::default()
-            },
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map(drop)
-        .map_err(|source| ReconcileError::Template {
-            action: "writing the status of",
-            template: format!(
-                "{}/{}",
-                template.namespace().unwrap_or_default(),
-                template.name_any()
-            ),
-            source: Box::new(source),
-        })
+        let name = template.name_any();
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        self.writes()
+            .send(
+                "patch_status",
+                api.patch_status(&name, &params, &Patch::Merge(&patch)),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| {
+                let template = format!("{}/{}", template.namespace().unwrap_or_default(), name);
+                template_write("writing the status of", template, e)
+            })
     }
 }
 

@@ -1,8 +1,22 @@
 //! The worker's side of the `WorkerService.Session` stream (protocol: the `proto` crate docs).
 //!
-//! One task keeps one stream to the coordinator leader open, reconnecting with exponential
-//! backoff (0.5 s doubling to 30 s, jittered) and a fresh Hello listing what it holds. A dropped
-//! stream revokes nothing (fail static): the worker keeps serving its buckets under its Lease.
+//! One task keeps one stream to the coordinator leader open, reconnecting with a fresh Hello
+//! listing what it holds. A dropped stream revokes nothing (fail static): the worker keeps
+//! serving its buckets under its Lease.
+//!
+//! **Which coordinator.** [`SessionConfig::coordinator`] lists addresses (the replicas, or one
+//! Service in front of them); only the leader accepts a session, a standby answers
+//! `UNAVAILABLE`. Addresses are tried in turn: after a failure before the Welcome (cannot
+//! connect, `UNAVAILABLE` or any other refusal, a deposed leader) the next address is tried at
+//! once; only when a whole round of addresses failed does the worker wait (0.5 s doubling to
+//! 30 s, jittered). After a welcomed session ends, the same address is tried first again, after
+//! that backoff (reset once a session lasted 30 s), so a coordinator that welcomes and drops at
+//! once cannot make it spin.
+//!
+//! **Leaving.** [`Session::leave`] sends Leaving on the open session and is remembered: a
+//! session opened later sends it again right after the Welcome, so a leader change during a
+//! drain does not lose it.
+//!
 //! Grants start work on new buckets at once; each Revoke is released on its own task (stop new
 //! work, finish in-flight, stop watches) and acknowledged with Released, so a slow release does
 //! not hold up other messages. Every message carries the trace context of the span that sent it,
@@ -20,7 +34,7 @@ use proto::v1::{
     worker_service_client::WorkerServiceClient,
 };
 use rand::Rng as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -39,11 +53,12 @@ pub trait BucketHost: Send + Sync + 'static {
     fn load(&self) -> v1::Load;
 }
 
-/// Who this worker is, for the Hello.
+/// Who this worker is, for the Hello, and where the coordinators are.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    /// The coordinator's gRPC URL.
-    pub coordinator: String,
+    /// The coordinators' gRPC URLs, tried in turn (only the leader accepts a session). At least
+    /// one.
+    pub coordinator: Vec<String>,
     /// Worker id = Lease name.
     pub worker_id: String,
     /// Namespace of the worker's Lease.
@@ -60,6 +75,10 @@ pub struct Session {
     host: Arc<dyn BucketHost>,
     metrics: Metrics,
     outbox: Arc<Mutex<Option<mpsc::Sender<WorkerMessage>>>>,
+    /// Set by [`Session::leave`]: the reason, sent again on every later session.
+    leaving: Arc<Mutex<Option<String>>>,
+    /// Sessions welcomed so far.
+    welcomes: Arc<watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -87,6 +106,89 @@ enum SessionError {
     BucketCount { ours: u32, theirs: u32 },
     #[error("the stream ended")]
     Ended,
+    #[error("a deposed leader (epoch {theirs}, known {known}) welcomed us")]
+    Deposed { theirs: u64, known: u64 },
+    #[error("no coordinator address is configured")]
+    NoAddress,
+}
+
+impl SessionError {
+    /// A standby's "not the leader" (or a shutting-down coordinator's).
+    fn is_unavailable(&self) -> bool {
+        matches!(self, SessionError::Refused(status) if status.code() == tonic::Code::Unavailable)
+    }
+}
+
+const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A session that lasted this long resets the backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+
+/// Which coordinator address to try next, and how long to wait before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rotation {
+    addresses: usize,
+    next: usize,
+    failed_in_round: usize,
+    backoff: Duration,
+}
+
+impl Rotation {
+    fn new(addresses: usize) -> Self {
+        Self {
+            addresses: addresses.max(1),
+            next: 0,
+            failed_in_round: 0,
+            backoff: INITIAL_BACKOFF,
+        }
+    }
+
+    /// Index of the address to try now.
+    fn current(&self) -> usize {
+        self.next
+    }
+
+    fn take_backoff(&mut self) -> Duration {
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        wait
+    }
+
+    /// The attempt at the current address failed before a Welcome: move to the next address.
+    /// Returns how long to wait first: nothing while the round has addresses left, the
+    /// backoff (then doubled) once every address failed in a row.
+    fn failed(&mut self) -> Option<Duration> {
+        self.next = (self.next + 1) % self.addresses;
+        self.failed_in_round += 1;
+        if self.failed_in_round < self.addresses {
+            return None;
+        }
+        self.failed_in_round = 0;
+        Some(self.take_backoff())
+    }
+
+    /// A welcomed session at the current address ended after `lasted`: try the same address
+    /// first again, after the backoff (reset when the session was stable), and start a new
+    /// round from it.
+    fn ended(&mut self, lasted: Duration) -> Duration {
+        self.failed_in_round = 0;
+        if lasted >= STABLE_SESSION {
+            self.backoff = INITIAL_BACKOFF;
+        }
+        self.take_backoff()
+    }
+}
+
+/// `error: its source: …`: tonic's transport errors say little without their sources.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(next) = source {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        source = next.source();
+    }
+    text
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -118,38 +220,61 @@ impl Session {
             host,
             metrics,
             outbox: Arc::default(),
+            leaving: Arc::default(),
+            welcomes: Arc::new(watch::Sender::new(0)),
         }
     }
 
-    /// Keeps a session open until `cancel`.
+    /// Keeps a session open until `cancel`, trying the coordinator addresses in turn (see the
+    /// module docs).
     pub async fn run(self, cancel: CancellationToken) {
-        let mut backoff = Duration::from_millis(500);
+        let addresses = &self.config.coordinator;
+        if addresses.is_empty() {
+            tracing::error!(error = %SessionError::NoAddress, "no coordinator session; still serving held buckets");
+            return;
+        }
+        let mut rotation = Rotation::new(addresses.len());
         let mut leader_epoch = 0u64;
         loop {
+            let addr = &addresses[rotation.current()];
+            let mut welcomed = false;
             let started = Instant::now();
             let result = tokio::select! {
                 () = cancel.cancelled() => return,
-                r = self.connection(&mut leader_epoch) => r,
+                r = self.connection(addr, &mut leader_epoch, &mut welcomed) => r,
             };
             *lock(&self.outbox) = None;
-            if let Err(error) = result {
-                tracing::warn!(%error, coordinator = %self.config.coordinator, "coordinator session ended; still serving held buckets");
+            let wait = if welcomed {
+                let error = result.err().unwrap_or(SessionError::Ended);
+                tracing::warn!(error = %chain(&error), coordinator = %addr, "coordinator session ended; still serving held buckets");
+                Some(rotation.ended(started.elapsed()))
+            } else {
+                let error = result.err().unwrap_or(SessionError::Ended);
+                if error.is_unavailable() {
+                    tracing::debug!(error = %chain(&error), coordinator = %addr, "not the leader; trying the next coordinator");
+                } else {
+                    tracing::info!(error = %chain(&error), coordinator = %addr, "no session; trying the next coordinator");
+                }
+                let wait = rotation.failed();
+                if let Some(wait) = wait {
+                    tracing::warn!(coordinators = ?addresses, retry_in = ?wait, "no coordinator accepted a session; still serving held buckets");
+                }
+                wait
+            };
+            if let Some(wait) = wait {
+                let jitter = rand::rng().random_range(0.8..1.2);
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(wait.mul_f64(jitter)) => {}
+                }
             }
-            if started.elapsed() > Duration::from_secs(30) {
-                backoff = Duration::from_millis(500);
-            }
-            let jitter = rand::rng().random_range(0.8..1.2);
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
 
     /// Tells the coordinator this worker is leaving (it revokes everything); returns whether a
-    /// session was open to send it on.
+    /// session was open to send it on. Remembered: every session opened later sends it again.
     pub async fn leave(&self, reason: &str) -> bool {
+        *lock(&self.leaving) = Some(reason.to_owned());
         let outbox = lock(&self.outbox).clone();
         match outbox {
             Some(tx) => tx
@@ -162,22 +287,32 @@ impl Session {
         }
     }
 
-    async fn connection(&self, leader_epoch: &mut u64) -> Result<(), SessionError> {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.config.coordinator.clone())
-            .map_err(|source| SessionError::Connect {
-                addr: self.config.coordinator.clone(),
-                source,
-            })?
+    /// Whether a session is open now (welcomed and not ended).
+    pub fn is_connected(&self) -> bool {
+        lock(&self.outbox).is_some()
+    }
+
+    /// The number of sessions the coordinator welcomed so far (for readiness: connected once).
+    pub fn welcomes(&self) -> watch::Receiver<u64> {
+        self.welcomes.subscribe()
+    }
+
+    async fn connection(
+        &self,
+        addr: &str,
+        leader_epoch: &mut u64,
+        welcomed: &mut bool,
+    ) -> Result<(), SessionError> {
+        let connect = |source| SessionError::Connect {
+            addr: addr.to_owned(),
+            source,
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
+            .map_err(connect)?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| SessionError::Connect {
-                addr: self.config.coordinator.clone(),
-                source,
-            })?;
+        let channel = endpoint.connect().await.map_err(connect)?;
         let (tx, rx) = mpsc::channel::<WorkerMessage>(64);
         let held: Vec<v1::BucketEpoch> =
             proto::bucket_epochs(lock(&self.ownership).held().collect::<Vec<_>>());
@@ -215,13 +350,29 @@ impl Session {
                 coordinator = %welcome.coordinator_id,
                 their_epoch = welcome.leader_epoch,
                 known_epoch = *leader_epoch,
-                "a deposed leader welcomed us; reconnecting"
+                "a deposed leader welcomed us; trying the next coordinator"
             );
-            return Err(SessionError::Ended);
+            return Err(SessionError::Deposed {
+                theirs: welcome.leader_epoch,
+                known: *leader_epoch,
+            });
         }
         *leader_epoch = welcome.leader_epoch;
-        tracing::info!(coordinator = %welcome.coordinator_id, leader_epoch = welcome.leader_epoch, "session with the coordinator open");
+        *welcomed = true;
+        tracing::info!(coordinator = %welcome.coordinator_id, %addr, leader_epoch = welcome.leader_epoch, "session with the coordinator open");
         *lock(&self.outbox) = Some(tx.clone());
+        self.welcomes.send_modify(|n| *n += 1);
+        // Set before the outbox was read by `leave`, or read here after it was set: either
+        // way the coordinator hears it (perhaps twice, which is harmless).
+        let leaving = lock(&self.leaving).clone();
+        if let Some(reason) = leaving
+            && tx
+                .send(WorkerMessage::from(Leaving { reason }))
+                .await
+                .is_err()
+        {
+            return Err(SessionError::Ended);
+        }
         let interval = welcome.load_report_interval_or_default();
         let mut ticker = tokio::time::interval(interval);
         loop {
@@ -294,5 +445,63 @@ impl Session {
             }
             Some(coordinator_message::Kind::Welcome(_)) | None => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_failure_moves_to_the_next_address_at_once_until_the_round_is_done() {
+        let mut r = Rotation::new(3);
+        assert_eq!(r.current(), 0);
+        assert_eq!(r.failed(), None);
+        assert_eq!(r.current(), 1);
+        assert_eq!(r.failed(), None);
+        assert_eq!(r.current(), 2);
+        assert_eq!(r.failed(), Some(INITIAL_BACKOFF), "a full round failed");
+        assert_eq!(r.current(), 0);
+        assert_eq!(r.failed(), None);
+        assert_eq!(r.failed(), None);
+        assert_eq!(r.failed(), Some(INITIAL_BACKOFF * 2), "doubling per round");
+        for _ in 0..30 {
+            r.failed();
+        }
+        assert_eq!(r.backoff, MAX_BACKOFF);
+    }
+
+    #[test]
+    fn one_address_backs_off_after_every_failure() {
+        let mut r = Rotation::new(1);
+        assert_eq!(r.failed(), Some(INITIAL_BACKOFF));
+        assert_eq!(r.failed(), Some(INITIAL_BACKOFF * 2));
+        assert_eq!(r.current(), 0);
+    }
+
+    #[test]
+    fn an_ended_session_retries_the_same_address_first_with_backoff() {
+        let mut r = Rotation::new(2);
+        assert_eq!(r.failed(), None);
+        assert_eq!(r.current(), 1, "the leader is the second");
+        // Welcomed, then dropped at once: the same address again, after a backoff that grows.
+        assert_eq!(r.ended(Duration::ZERO), INITIAL_BACKOFF);
+        assert_eq!(r.current(), 1);
+        assert_eq!(r.ended(Duration::ZERO), INITIAL_BACKOFF * 2);
+        // A new round starts from it: the other address is tried at once after it fails.
+        assert_eq!(r.failed(), None);
+        assert_eq!(r.current(), 0);
+        assert_eq!(r.failed(), Some(INITIAL_BACKOFF * 4));
+        // A stable session resets the backoff.
+        assert_eq!(r.ended(STABLE_SESSION + S), INITIAL_BACKOFF);
+    }
+
+    #[test]
+    fn unavailable_is_recognized() {
+        assert!(SessionError::Refused(tonic::Status::unavailable("standby")).is_unavailable());
+        assert!(!SessionError::Refused(tonic::Status::failed_precondition("B")).is_unavailable());
+        assert!(!SessionError::Ended.is_unavailable());
     }
 }

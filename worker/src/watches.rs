@@ -7,6 +7,10 @@
 //! restarts only the chunks that held a revoked bucket (without it), so moving one bucket relists
 //! at most one chunk's objects, not everything the worker owns. Every object a chunk's watch
 //! delivers (initial list included) is sent on the event channel for the work queue.
+//!
+//! The objects of an initial list are sent only once the list is complete (`InitDone`): the
+//! reflector's store swaps the listed objects in at that point, so a key sent earlier could be
+//! handed to a reconcile that finds no template in the store yet and skips it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -208,12 +212,14 @@ impl TemplateWatches {
                 .default_backoff()
                 .boxed();
             let mut initial = false;
+            // Keys of the initial list in progress, sent when it is complete (module docs).
+            let mut listed: Vec<TemplateKey> = Vec::new();
             loop {
                 let event = tokio::select! {
                     () = cancel.cancelled() => return,
                     e = stream.next() => e,
                 };
-                let templates: Vec<(KubeTemplate, bool)> = match event {
+                let keys: Vec<(TemplateKey, bool)> = match event {
                     None => return,
                     Some(Err(error)) => {
                         tracing::warn!(%error, %selector, "template watch failed; retrying");
@@ -221,20 +227,26 @@ impl TemplateWatches {
                     }
                     Some(Ok(watcher::Event::Init)) => {
                         initial = true;
+                        listed.clear();
+                        continue;
+                    }
+                    Some(Ok(watcher::Event::InitApply(t))) => {
+                        listed.extend(key_of(&t));
                         continue;
                     }
                     Some(Ok(watcher::Event::InitDone)) => {
                         initial = false;
-                        continue;
+                        std::mem::take(&mut listed)
+                            .into_iter()
+                            .map(|key| (key, true))
+                            .collect()
                     }
-                    Some(Ok(watcher::Event::InitApply(t))) => vec![(t, true)],
-                    Some(Ok(watcher::Event::Apply(t))) => vec![(t, initial)],
+                    Some(Ok(watcher::Event::Apply(t))) => {
+                        key_of(&t).map(|key| (key, initial)).into_iter().collect()
+                    }
                     Some(Ok(watcher::Event::Delete(_))) => continue,
                 };
-                for (template, initial) in templates {
-                    let Some(key) = key_of(&template) else {
-                        continue;
-                    };
+                for (key, initial) in keys {
                     // Backpressure: a full queue channel slows the watch, it never drops events.
                     if events.send(TemplateEvent { key, initial }).await.is_err() {
                         return;

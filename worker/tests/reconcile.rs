@@ -131,8 +131,8 @@ async fn apply_idle_edit_prune_delete() {
         version
     );
 
-    // Drift: someone edits a managed object; a drift-triggered reconcile puts it back and
-    // writes no status (nothing in it changed).
+    // Drift: someone edits a managed object; a drift-triggered reconcile (the drift watches
+    // saw the edit) reads the objects, puts back only the changed one and counts the drift.
     let mut edited = here.get("a").await.unwrap();
     edited.data = Some([("k".to_owned(), "tampered".to_owned())].into());
     here.replace("a", &PostParams::default(), &edited)
@@ -144,11 +144,23 @@ async fn apply_idle_edit_prune_delete() {
             .await
             .unwrap(),
         Outcome::Applied {
-            applied: 2,
+            applied: 1,
             pruned: 0
         }
     );
     assert_eq!(here.get("a").await.unwrap().data.unwrap()["k"], "1");
+    let kt = templates.get("web").await.unwrap();
+    let status = kt.status.clone().unwrap();
+    assert_eq!(status.drift_detection_count, Some(1));
+    // Nothing drifted: a drift trigger costs reads only.
+    let version = kt.metadata.resource_version.clone();
+    assert_eq!(
+        reconciler
+            .reconcile(&kt, "5", Trigger::Drift)
+            .await
+            .unwrap(),
+        Outcome::Unchanged
+    );
     assert_eq!(
         templates
             .get("web")
@@ -182,7 +194,7 @@ async fn apply_idle_edit_prune_delete() {
     );
     assert!(there.get("b").await.is_ok(), "b is back");
     let status = templates.get("web").await.unwrap().status.unwrap();
-    assert_eq!(status.drift_detection_count, Some(1));
+    assert_eq!(status.drift_detection_count, Some(2));
     assert!(status.last_drift_detected.is_some());
 
     // Edit: drop b, change a: a is updated, b is pruned.

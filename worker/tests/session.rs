@@ -113,7 +113,7 @@ async fn grant_revoke_release_and_reconnect() {
     let ownership = Arc::new(Mutex::new(Ownership::new()));
     let session = Session::new(
         SessionConfig {
-            coordinator: format!("http://{addr}"),
+            coordinator: vec![format!("http://{addr}")],
             worker_id: "worker-0".into(),
             lease_namespace: "ns".into(),
             buckets: 16,
@@ -217,5 +217,178 @@ async fn grant_revoke_release_and_reconnect() {
     };
     let held: Vec<(u32, u64)> = hello.held.into_iter().map(Into::into).collect();
     assert_eq!(held, vec![(2, 1)]);
+    cancel.cancel();
+}
+
+/// A standby coordinator: refuses every session with `UNAVAILABLE`, counting them.
+struct Standby {
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl WorkerService for Standby {
+    type SessionStream = Outbound;
+    async fn session(
+        &self,
+        _request: Request<Streaming<WorkerMessage>>,
+    ) -> Result<Response<Outbound>, Status> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(Status::unavailable(
+            "this coordinator is not the leader; retry",
+        ))
+    }
+}
+
+/// Serves `service` on a free loopback port; returns its URL.
+async fn serve<S>(service: S) -> String
+where
+    S: WorkerService,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(WorkerServiceServer::new(service))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    format!("http://{addr}")
+}
+
+async fn standby() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let url = serve(Standby {
+        calls: calls.clone(),
+    })
+    .await;
+    (url, calls)
+}
+
+async fn leader() -> (String, mpsc::Receiver<SessionEnds>) {
+    let (sessions, rx) = mpsc::channel(4);
+    (serve(Fake { sessions }).await, rx)
+}
+
+/// A loopback URL nothing listens on.
+async fn dead() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+fn session_to(coordinator: Vec<String>) -> Session {
+    Session::new(
+        SessionConfig {
+            coordinator,
+            worker_id: "worker-0".into(),
+            lease_namespace: "ns".into(),
+            buckets: 16,
+        },
+        Arc::new(Mutex::new(Ownership::new())),
+        Arc::new(HostRef(Arc::new(Host::default()))),
+        Metrics::default(),
+    )
+}
+
+/// Below the first backoff (0.5 s, jittered to at least 0.4 s): reaching the leader within it
+/// means no backoff was taken on the way.
+const AT_ONCE: Duration = Duration::from_millis(350);
+
+#[tokio::test]
+async fn a_standby_and_a_dead_address_are_skipped_at_once() {
+    let (standby, standby_calls) = standby().await;
+    let dead = dead().await;
+    let (leader, mut sessions) = leader().await;
+    let session = session_to(vec![standby, dead, leader]);
+    let cancel = CancellationToken::new();
+    let started = tokio::time::Instant::now();
+    tokio::spawn(session.clone().run(cancel.clone()));
+
+    let (mut inbound, outbound) = tokio::time::timeout(Duration::from_secs(5), sessions.recv())
+        .await
+        .expect("the leader gets a session")
+        .unwrap();
+    assert!(
+        started.elapsed() < AT_ONCE,
+        "the third address was reached at once, not after a backoff: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(standby_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let worker_message::Kind::Hello(hello) = next(&mut inbound).await else {
+        panic!("hello first")
+    };
+    assert_eq!(hello.worker_id, "worker-0");
+    assert_eq!(*session.welcomes().borrow(), 0, "not welcomed yet");
+    outbound.send(Ok(welcome(1))).await.unwrap();
+    let mut welcomes = session.welcomes();
+    tokio::time::timeout(Duration::from_secs(5), welcomes.wait_for(|n| *n == 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(session.is_connected());
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn the_backoff_applies_only_after_a_whole_round_failed() {
+    let (first, first_calls) = standby().await;
+    let (second, second_calls) = standby().await;
+    let session = session_to(vec![first, second]);
+    let cancel = CancellationToken::new();
+    tokio::spawn(session.run(cancel.clone()));
+    // Round 1 at once, round 2 after 0.4–0.6 s, round 3 not before 1.2 s.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    cancel.cancel();
+    let (a, b) = (
+        first_calls.load(std::sync::atomic::Ordering::SeqCst),
+        second_calls.load(std::sync::atomic::Ordering::SeqCst),
+    );
+    assert!((1..=2).contains(&a) && (1..=2).contains(&b), "{a}, {b}");
+    assert!(a.abs_diff(b) <= 1, "both are tried every round: {a}, {b}");
+}
+
+#[tokio::test]
+async fn leaving_is_sent_again_on_the_next_session() {
+    let (url, mut sessions) = leader().await;
+    let session = session_to(vec![url]);
+    assert!(
+        !session.leave("before any session").await,
+        "no session to send it on"
+    );
+    let cancel = CancellationToken::new();
+    tokio::spawn(session.clone().run(cancel.clone()));
+
+    let (mut inbound, outbound) = sessions.recv().await.unwrap();
+    assert!(matches!(
+        next(&mut inbound).await,
+        worker_message::Kind::Hello(_)
+    ));
+    outbound.send(Ok(welcome(1))).await.unwrap();
+    let worker_message::Kind::Leaving(leaving) = next(&mut inbound).await else {
+        panic!("Leaving right after the Welcome")
+    };
+    assert_eq!(leaving.reason, "before any session");
+    assert!(session.leave("SIGTERM").await, "sent on the open session");
+    let worker_message::Kind::Leaving(leaving) = next(&mut inbound).await else {
+        panic!("Leaving")
+    };
+    assert_eq!(leaving.reason, "SIGTERM");
+
+    // The stream drops; the next session repeats it after its Welcome.
+    drop(outbound);
+    drop(inbound);
+    let (mut inbound, outbound) = tokio::time::timeout(Duration::from_secs(10), sessions.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        next(&mut inbound).await,
+        worker_message::Kind::Hello(_)
+    ));
+    outbound.send(Ok(welcome(1))).await.unwrap();
+    let worker_message::Kind::Leaving(leaving) = next(&mut inbound).await else {
+        panic!("Leaving again")
+    };
+    assert_eq!(leaving.reason, "SIGTERM");
     cancel.cancel();
 }

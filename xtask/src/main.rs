@@ -1,7 +1,8 @@
 //! `cargo xtask <command>`: the project's chores in one place.
 //!
 //! - `up`    build what is missing, start devcluster + Jaeger, install the CRDs, start two webhook
-//!   replicas, apply the samples
+//!   replicas, two coordinators and `--workers N` workers, apply the samples
+//! - `scale` start or gracefully stop workers until `--workers M` run
 //! - `down`  stop everything `up` started
 //! - `test`  run every test, starting devcluster when needed (stopping it again afterwards)
 //! - `gen`   regenerate `deploy/crds/` (`--check` fails when the checked-in YAML is stale)
@@ -27,6 +28,19 @@ enum Cmd {
     /// Build what is missing, start devcluster and Jaeger, install CRDs and apply the samples.
     Up {
         /// Run optimised builds of our components (for benchmarks; slower to build).
+        #[arg(long)]
+        release: bool,
+        /// How many workers to run (devcluster has identities for 16).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=16))]
+        workers: u32,
+    },
+    /// Start workers, or stop the highest-numbered ones gracefully (SIGTERM: they hand their
+    /// buckets over first), until M run.
+    Scale {
+        /// The number of workers wanted.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=16))]
+        workers: u32,
+        /// Use the optimised builds (as `up --release`).
         #[arg(long)]
         release: bool,
     },
@@ -75,7 +89,10 @@ fn main() -> ExitCode {
 
 async fn run(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
-        Cmd::Up { release } => up(release).await.map(|()| ExitCode::SUCCESS),
+        Cmd::Up { release, workers } => up(release, workers).await.map(|()| ExitCode::SUCCESS),
+        Cmd::Scale { workers, release } => {
+            scale(workers, release).await.map(|()| ExitCode::SUCCESS)
+        }
         Cmd::Down => down().map(|()| ExitCode::SUCCESS),
         Cmd::Test {
             kubeconfig,
@@ -171,28 +188,110 @@ fn apply_samples(kubeconfig: &Path) -> Result<()> {
     }
 }
 
-/// Builds `kubetemplater-webhook` (same profile as the tests, so nothing is compiled twice) and
-/// (re)starts the devcluster's webhook replicas from it.
-async fn restart_webhooks(replicas: u32, release: bool) -> Result<Vec<stack::Component>> {
+/// Our three binaries.
+const COMPONENT_BINARIES: [(&str, &str); 3] = [
+    ("kubetemplater-webhook", "kubetemplater-webhook"),
+    ("kubetemplater-coordinator", "kubetemplater-coordinator"),
+    ("kubetemplater-worker", "kubetemplater-worker"),
+];
+
+/// Builds our binaries (same profile as the tests, so nothing is compiled twice); returns the
+/// directory holding them.
+fn build_components(release: bool) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
-    build.current_dir(repo()).args([
-        "build",
-        "-p",
-        "kubetemplater-webhook",
-        "--bin",
-        "kubetemplater-webhook",
-    ]);
+    build.current_dir(repo()).arg("build");
+    for (package, binary) in COMPONENT_BINARIES {
+        build.args(["-p", package, "--bin", binary]);
+    }
     if release {
         build.arg("--release");
     }
-    run_checked(build, "building kubetemplater-webhook")?;
+    run_checked(build, "building kubetemplater's binaries")?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target"));
-    let binary = target_dir
-        .join(if release { "release" } else { "debug" })
-        .join("kubetemplater-webhook");
+    Ok(target_dir.join(if release { "release" } else { "debug" }))
+}
+
+/// The shared devcluster's coordinator and worker settings.
+fn shard_config(bin: &Path) -> stack::ShardConfig {
+    stack::ShardConfig::new(
+        bin.join("kubetemplater-coordinator"),
+        bin.join("kubetemplater-worker"),
+        stack::COORDINATOR_PORTS.to_vec(),
+    )
+}
+
+/// Stops workers (first, gracefully) and coordinators of the shared devcluster.
+fn stop_shards(endpoints: &devcluster::Endpoints) {
+    for old in stack::running(endpoints, "worker-") {
+        old.stop(Duration::from_secs(40));
+    }
+    for old in stack::running(endpoints, "coordinator-") {
+        old.stop(Duration::from_secs(15));
+    }
+}
+
+/// (Re)starts the coordinators and `workers` workers of the shared devcluster from `bin`.
+async fn restart_shards(
+    bin: &Path,
+    workers: u32,
+) -> Result<(Vec<stack::Component>, Vec<stack::Component>)> {
+    let layout = Layout::shared();
+    let endpoints = devcluster::Endpoints::load(&layout)?.context("devcluster is not running")?;
+    stop_shards(&endpoints);
+    let config = shard_config(bin);
+    let coordinators = stack::start_coordinators(&layout, &endpoints, &config).await?;
+    let workers = stack::start_workers(&layout, &endpoints, &config, 0..workers as usize).await?;
+    Ok((coordinators, workers))
+}
+
+/// Starts or stops workers until `wanted` run.
+async fn scale(wanted: u32, release: bool) -> Result<()> {
+    let layout = Layout::shared();
+    let endpoints = devcluster::Endpoints::load(&layout)?
+        .context("devcluster is not running: start it with `cargo xtask up`")?;
+    if stack::running(&endpoints, "coordinator-").is_empty() {
+        bail!("no coordinator runs: start the system with `cargo xtask up`");
+    }
+    let mut running: Vec<(usize, devcluster::process::ProcessRecord)> =
+        stack::running(&endpoints, "worker-")
+            .into_iter()
+            .filter_map(|r| Some((r.component.strip_prefix("worker-")?.parse().ok()?, r)))
+            .collect();
+    running.sort_by_key(|(i, _)| *i);
+    let wanted = wanted as usize;
+    if running.len() > wanted {
+        for (_, record) in running.drain(wanted..).rev() {
+            println!(
+                "stopping {} (SIGTERM: it hands its buckets over first)",
+                record.component
+            );
+            record.stop(Duration::from_secs(40));
+        }
+    } else if running.len() < wanted {
+        let bin = build_components(release)?;
+        let taken: Vec<usize> = running.iter().map(|(i, _)| *i).collect();
+        let new: Vec<usize> = (0..devcluster::pki::WORKER_IDENTITIES)
+            .filter(|i| !taken.contains(i))
+            .take(wanted - running.len())
+            .collect();
+        let started = stack::start_workers(&layout, &endpoints, &shard_config(&bin), new).await?;
+        for worker in &started {
+            println!(
+                "started {} (admin {})",
+                worker.record.component, worker.admin
+            );
+        }
+    }
+    println!("{wanted} workers run; see them with `ktctl workers`");
+    Ok(())
+}
+
+/// (Re)starts the devcluster's webhook replicas from `bin`.
+async fn restart_webhooks(bin: &Path, replicas: u32) -> Result<Vec<stack::Component>> {
+    let binary = bin.join("kubetemplater-webhook");
     let layout = Layout::shared();
     let endpoints = devcluster::Endpoints::load(&layout)?.context("devcluster is not running")?;
     for old in stack::running(&endpoints, "webhook-") {
@@ -207,12 +306,14 @@ async fn restart_webhooks(replicas: u32, release: bool) -> Result<Vec<stack::Com
     Ok(components)
 }
 
-async fn up(release: bool) -> Result<()> {
+async fn up(release: bool, workers: u32) -> Result<()> {
     let started = Instant::now();
+    let bin = build_components(release)?;
     let cluster = devcluster::start(&ClusterConfig::shared()).await?;
     let e = &cluster.endpoints;
     install_crds(&e.kubeconfig, true)?;
-    let webhooks = restart_webhooks(2, release).await?;
+    let webhooks = restart_webhooks(&bin, 2).await?;
+    let (coordinators, workers) = restart_shards(&bin, workers).await?;
     apply_samples(&e.kubeconfig)?;
     let rel = |p: &Path| {
         p.strip_prefix(repo())
@@ -253,11 +354,20 @@ async fn up(release: bool) -> Result<()> {
         "  webhook          {} ({} replicas on one port; admin {})",
         stack::webhook_url(stack::WEBHOOK_PORT),
         webhooks.len(),
-        webhooks
-            .iter()
-            .map(|w| w.admin.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        admin_list(&webhooks)
+    );
+    println!(
+        "  coordinators     {} (gRPC; one leads; admin {})",
+        shard_config(&bin).coordinator_urls(),
+        admin_list(&coordinators)
+    );
+    println!(
+        "  workers          {} (admin {}); scale with `cargo xtask scale --workers M`",
+        workers.len(),
+        admin_list(&workers)
+    );
+    println!(
+        "  shard map        cargo run -q -p ktctl -- buckets  (also: workers, locate <ns>, handoffs)"
     );
     println!("  audit log        {}", rel(&e.audit_log).display());
     println!("  logs             {}/", rel(&e.logs).display());
@@ -267,6 +377,14 @@ async fn up(release: bool) -> Result<()> {
     );
     println!("  stop with        cargo xtask down");
     Ok(())
+}
+
+fn admin_list(components: &[stack::Component]) -> String {
+    components
+        .iter()
+        .map(|c| c.admin.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn down() -> Result<()> {
@@ -312,8 +430,14 @@ async fn test(kubeconfig: Option<PathBuf>, cargo_args: Vec<String>) -> Result<Ex
         }
     };
     install_crds(&admin_kubeconfig, on_devcluster)?;
+    let bin = build_components(false)?;
     if on_devcluster {
-        restart_webhooks(2, false).await?;
+        restart_webhooks(&bin, 2).await?;
+        // Tests run their own workers (in process, or in a private cluster): workers left by
+        // `cargo xtask up` would reconcile the tests' templates too.
+        if let Some(endpoints) = devcluster::Endpoints::load(&layout)? {
+            stop_shards(&endpoints);
+        }
     }
     apply_samples(&admin_kubeconfig)?;
     cmd.args(&cargo_args);

@@ -1,0 +1,43 @@
+//! With 10,000 templates settled, a 60-second window shows zero API writes from the system
+//! (the Lease renewals that prove the processes alive excepted).
+#![allow(clippy::unwrap_used, reason = "test fixtures")]
+
+use std::time::Duration;
+
+use anyhow::Result;
+use devcluster::audit::AuditLog;
+use kubetemplater_e2e::system::System;
+use kubetemplater_e2e::workload;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_settled_templates_cost_no_writes() -> Result<()> {
+    let system = System::start(3, false).await?;
+    let client = system.client.clone();
+    let namespaces = workload::namespaces_with_policies(&client, "idle", 200).await?;
+    workload::create_templates(&client, &workload::names(&namespaces, 0, 50), 1).await?;
+    workload::all_completed(&client, 10_000, 1, Duration::from_secs(900)).await?;
+    // Let the last status writes and the coordinator's re-plan settle.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    let audit = AuditLog::new(&system.cluster.endpoints().audit_log);
+    let cursor = audit.cursor()?;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let writes: Vec<String> = audit
+        .read_since(cursor)?
+        .into_iter()
+        .filter(|e| e.user.username.starts_with("kubetemplater:"))
+        .filter(|e| {
+            e.object_ref
+                .as_ref()
+                .is_none_or(|o| o.api_group != "coordination.k8s.io")
+        })
+        .map(|e| format!("{} {} by {}", e.verb, e.describe(), e.user.username))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "{} writes in the idle window: {:#?}",
+        writes.len(),
+        &writes[..writes.len().min(20)]
+    );
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! The whole system on a private devcluster, for the multi-process scenarios: a webhook
+//! replica, two coordinators and N workers, each a process under its own API identity (so the
+//! audit log says who wrote what), started from the binaries `cargo xtask test` builds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use devcluster::stack::{self, Component, ShardConfig};
+use devcluster::testing::PrivateCluster;
+use kube::Client;
+use proto::v1::admin_service_client::AdminServiceClient;
+use proto::v1::{self};
+
+use crate::{eventually, install_crds};
+
+/// The binaries the scenarios run; `cargo xtask test` builds them first.
+pub const BINARIES: [&str; 3] = [
+    "kubetemplater-webhook",
+    "kubetemplater-coordinator",
+    "kubetemplater-worker",
+];
+
+/// A running system.
+pub struct System {
+    /// The control plane (dropping it stops every process).
+    pub cluster: PrivateCluster,
+    /// Admin client.
+    pub client: Client,
+    config: ShardConfig,
+    coordinators: Vec<Component>,
+    workers: BTreeMap<usize, Component>,
+}
+
+impl std::fmt::Debug for System {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("System")
+            .field("workers", &self.workers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Timing that keeps the scenarios short: Leases of 6 s (renew deadline 4 s, renewals every
+/// 1 s), a re-plan every 5 s.
+pub const LEASE_DURATION: Duration = Duration::from_secs(6);
+
+fn binary(name: &str) -> Result<std::path::PathBuf> {
+    stack::binary_in_target_dir(name).with_context(|| {
+        format!(
+            "{name} is not built next to the tests; run the tests with `cargo xtask test` (it builds \
+             kubetemplater's binaries first) or `cargo build --bins` before `cargo test`"
+        )
+    })
+}
+
+impl System {
+    /// Starts a private cluster (with Jaeger when `jaeger`), the CRDs, our RBAC, one webhook
+    /// replica, two coordinators and `workers` workers, and waits until all are ready.
+    pub async fn start(workers: usize, jaeger: bool) -> Result<Self> {
+        let webhook = binary(BINARIES[0])?;
+        let mut config = ShardConfig::new(
+            binary(BINARIES[1])?,
+            binary(BINARIES[2])?,
+            vec![
+                devcluster::cluster::free_port()?,
+                devcluster::cluster::free_port()?,
+            ],
+        );
+        let timing = [
+            "--lease-duration=6s",
+            "--renew-deadline=4s",
+            "--retry-period=1s",
+        ];
+        config
+            .coordinator_args
+            .extend(timing.iter().map(|s| (*s).to_owned()));
+        config
+            .coordinator_args
+            .push("--rebalance-interval=5s".to_owned());
+        config
+            .worker_args
+            .extend(timing.iter().map(|s| (*s).to_owned()));
+        config.worker_args.push("--shutdown-grace=20s".to_owned());
+
+        let cluster = PrivateCluster::start(jaeger).await?;
+        let client = cluster.target().client().await?;
+        install_crds(&client).await?;
+        stack::install_prerequisites(cluster.layout(), &cluster.endpoints().kubeconfig)?;
+        let endpoints = cluster.endpoints().clone();
+        stack::start_webhooks(
+            cluster.layout(),
+            &endpoints,
+            &stack::WebhookConfig::new(webhook, 1, devcluster::cluster::free_port()?),
+        )
+        .await?;
+        let coordinators = stack::start_coordinators(cluster.layout(), &endpoints, &config).await?;
+        let mut system = Self {
+            cluster,
+            client,
+            config,
+            coordinators,
+            workers: BTreeMap::new(),
+        };
+        system.add_workers(workers).await?;
+        Ok(system)
+    }
+
+    /// Starts `n` more workers (the lowest free identities) and waits until they are ready.
+    pub async fn add_workers(&mut self, n: usize) -> Result<Vec<String>> {
+        let ids: Vec<usize> = (0..devcluster::pki::WORKER_IDENTITIES)
+            .filter(|i| !self.workers.contains_key(i))
+            .take(n)
+            .collect();
+        if ids.len() < n {
+            bail!(
+                "devcluster has identities for {} workers",
+                devcluster::pki::WORKER_IDENTITIES
+            );
+        }
+        let endpoints = self.cluster.endpoints().clone();
+        let started =
+            stack::start_workers(self.cluster.layout(), &endpoints, &self.config, ids.clone())
+                .await?;
+        let names = started.iter().map(|c| c.record.component.clone()).collect();
+        for (id, component) in ids.into_iter().zip(started) {
+            self.workers.insert(id, component);
+        }
+        Ok(names)
+    }
+
+    /// Names of the running workers.
+    pub fn workers(&self) -> Vec<String> {
+        self.workers
+            .values()
+            .map(|c| c.record.component.clone())
+            .collect()
+    }
+
+    /// Stops the highest-numbered worker gracefully (SIGTERM) and waits until it exited.
+    pub fn stop_worker(&mut self) -> Result<String> {
+        let (&id, _) = self.workers.iter().next_back().context("no worker runs")?;
+        let component = self.workers.remove(&id).context("no worker runs")?;
+        component.record.stop(Duration::from_secs(40));
+        Ok(component.record.component)
+    }
+
+    /// SIGKILLs worker `name`.
+    pub fn kill_worker(&mut self, name: &str) -> Result<()> {
+        let id = self
+            .workers
+            .iter()
+            .find(|(_, c)| c.record.component == name)
+            .map(|(id, _)| *id)
+            .with_context(|| format!("{name} does not run"))?;
+        let component = self.workers.remove(&id).context("worker vanished")?;
+        kill(&component)
+    }
+
+    /// SIGKILLs the leading coordinator; returns its id.
+    pub async fn kill_leader(&mut self) -> Result<String> {
+        let leader = self.map().await?.leader_id;
+        let index = self
+            .coordinators
+            .iter()
+            .position(|c| c.record.component == leader)
+            .with_context(|| format!("the leader {leader} is not one of ours"))?;
+        let component = self.coordinators.remove(index);
+        kill(&component)?;
+        Ok(leader)
+    }
+
+    /// An admin client of the leader (standbys answer UNAVAILABLE).
+    pub async fn admin(&self) -> Result<AdminServiceClient<tonic::transport::Channel>> {
+        let mut last = String::from("no coordinator");
+        for port in &self.config.coordinator_ports {
+            let url = format!("http://127.0.0.1:{port}");
+            let Ok(mut client) = AdminServiceClient::connect(url.clone()).await else {
+                last = format!("{url} unreachable");
+                continue;
+            };
+            match client.get_bucket_map(v1::GetBucketMapRequest {}).await {
+                Ok(_) => return Ok(client),
+                Err(status) => last = format!("{url}: {}", status.message()),
+            }
+        }
+        bail!("no coordinator leads: {last}")
+    }
+
+    /// The bucket map as the leader sees it.
+    pub async fn map(&self) -> Result<v1::GetBucketMapResponse> {
+        Ok(self
+            .admin()
+            .await?
+            .get_bucket_map(v1::GetBucketMapRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Waits until no handoff is in progress and every bucket has one of the running workers
+    /// as owner; returns the map.
+    pub async fn settled_map(&self, timeout: Duration) -> Result<v1::GetBucketMapResponse> {
+        let workers: BTreeSet<String> = self.workers().into_iter().collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let last = match self.map().await {
+                Ok(map) => {
+                    let bad = map
+                        .buckets
+                        .iter()
+                        .filter(|b| {
+                            !workers.contains(&b.owner) || b.state != v1::BucketState::Owned as i32
+                        })
+                        .count();
+                    if bad == 0 {
+                        return Ok(map);
+                    }
+                    format!("{bad} buckets not settled on {workers:?}")
+                }
+                Err(e) => format!("{e:#}"),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                bail!("the bucket map did not settle within {timeout:?}: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The coordinators' gRPC URLs, comma-separated (for `ktctl --coordinator`).
+    pub fn coordinator_urls(&self) -> String {
+        self.config.coordinator_urls()
+    }
+
+    /// Waits until `check` holds, polling.
+    pub async fn until<F, Fut>(&self, timeout: Duration, what: &str, check: F) -> Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<bool>>,
+    {
+        eventually(timeout, what, check).await
+    }
+}
+
+fn kill(component: &Component) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &component.record.pid.to_string()])
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -9 {} failed", component.record.pid);
+    }
+    Ok(())
+}
+
+/// Owners of each bucket in `map`.
+pub fn owners(map: &v1::GetBucketMapResponse) -> Vec<String> {
+    map.buckets.iter().map(|b| b.owner.clone()).collect()
+}
+
+/// The share of buckets whose owner differs between two maps.
+pub fn moved_fraction(before: &[String], after: &[String]) -> f64 {
+    let moved = before.iter().zip(after).filter(|(a, b)| a != b).count();
+    moved as f64 / before.len().max(1) as f64
+}
