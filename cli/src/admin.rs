@@ -84,6 +84,29 @@ pub fn ranges(buckets: &[u32]) -> String {
     out.join(", ")
 }
 
+/// [`ranges`], cut after about `width` characters with the number of ranges left out, so a worker
+/// with hundreds of scattered buckets stays one readable line (`--wide` lists every bucket).
+pub fn ranges_short(buckets: &[u32], width: usize) -> String {
+    let all = ranges(buckets);
+    if all.len() <= width {
+        return all;
+    }
+    let parts: Vec<&str> = all.split(", ").collect();
+    let mut shown = String::new();
+    let mut count = 0;
+    for part in &parts {
+        if !shown.is_empty() && shown.len() + part.len() + 2 > width {
+            break;
+        }
+        if !shown.is_empty() {
+            shown.push_str(", ");
+        }
+        shown.push_str(part);
+        count += 1;
+    }
+    format!("{shown} … (+{} ranges)", parts.len() - count)
+}
+
 fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
@@ -114,6 +137,18 @@ fn worker_state(state: i32) -> &'static str {
         Ok(WorkerState::Expired) => "expired",
         Ok(WorkerState::Draining) => "draining",
         _ => "unknown",
+    }
+}
+
+fn handoff_reason(reason: i32) -> &'static str {
+    match v1::HandoffReason::try_from(reason) {
+        Ok(v1::HandoffReason::Rebalance) => "rebalance",
+        Ok(v1::HandoffReason::Drain) => "drain",
+        Ok(v1::HandoffReason::WorkerLeaving) => "leaving",
+        Ok(v1::HandoffReason::CoordinatorRestart) => "coordinator-restart",
+        Ok(v1::HandoffReason::WorkerLost) => "worker-lost",
+        Ok(v1::HandoffReason::Assign) => "assign",
+        _ => "-",
     }
 }
 
@@ -311,9 +346,9 @@ async fn call(
                         if moving.is_empty() {
                             String::new()
                         } else {
-                            ranges(moving)
+                            ranges_short(moving, 30)
                         },
-                        ranges(buckets),
+                        ranges_short(buckets, 60),
                     ]
                 })
                 .collect();
@@ -362,8 +397,15 @@ async fn call(
                 .iter()
                 .map(|h| {
                     let buckets: Vec<u32> = h.buckets.iter().map(|b| b.bucket).collect();
+                    let duration = h
+                        .duration
+                        .and_then(|d| std::time::Duration::try_from(d).ok())
+                        .map(|d| format!("{:.0?}", d))
+                        .unwrap_or_else(|| "-".to_owned());
                     vec![
                         h.id.clone(),
+                        handoff_reason(h.reason).to_owned(),
+                        duration,
                         if h.from.is_empty() {
                             "-".to_owned()
                         } else {
@@ -374,18 +416,28 @@ async fn call(
                         } else {
                             h.to.clone()
                         },
-                        ranges(&buckets),
+                        buckets.len().to_string(),
+                        if json {
+                            ranges(&buckets)
+                        } else {
+                            ranges_short(&buckets, 60)
+                        },
                     ]
                 })
                 .collect();
             if json {
                 let list: Vec<_> = rows
                     .iter()
-                    .map(|r| serde_json::json!({"id": r[0], "from": r[1], "to": r[2], "buckets": r[3]}))
+                    .map(|r| serde_json::json!({"id": r[0], "reason": r[1], "duration": r[2], "from": r[3], "to": r[4], "buckets": r[6]}))
                     .collect();
                 return print_json(out, &serde_json::Value::Array(list)).map_err(io);
             }
-            table(out, &["ID", "FROM", "TO", "BUCKETS"], &rows).map_err(io)
+            table(
+                out,
+                &["ID", "REASON", "DURATION", "FROM", "TO", "COUNT", "BUCKETS"],
+                &rows,
+            )
+            .map_err(io)
         }
         AdminCommand::Drain { worker } => {
             let r = client
@@ -443,7 +495,21 @@ fn map_json(r: &v1::GetBucketMapResponse) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::ranges;
+    use super::{ranges, ranges_short};
+
+    #[test]
+    fn long_range_lists_are_cut_with_a_count() {
+        let scattered: Vec<u32> = (0..100).map(|b| b * 2).collect();
+        let short = ranges_short(&scattered, 20);
+        assert!(short.starts_with("0, 2, 4, 6, 8, 10"), "{short}");
+        assert!(short.ends_with("ranges)"), "{short}");
+        let shown = short.split(" … ").next().unwrap().split(", ").count();
+        assert!(
+            short.contains(&format!("(+{} ranges)", 100 - shown)),
+            "{short}"
+        );
+        assert_eq!(ranges_short(&[1, 2, 3], 20), "1-3");
+    }
 
     #[test]
     fn ranges_compress() {

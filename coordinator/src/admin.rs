@@ -88,12 +88,13 @@ fn handoff(record: &HandoffRecord) -> v1::Handoff {
         reason: match record.reason {
             "drain" => v1::HandoffReason::Drain,
             "coordinator_restart" => v1::HandoffReason::CoordinatorRestart,
-            // A grant without a revoke: the bucket was unassigned or its owner's Lease expired.
-            "direct" if record.from.is_none() => v1::HandoffReason::WorkerLost,
+            "worker_lost" => v1::HandoffReason::WorkerLost,
+            "unassigned" => v1::HandoffReason::Assign,
             _ => v1::HandoffReason::Rebalance,
         } as i32,
         started_at: Some(record.started.into()),
-        revoked_at: record.from.as_ref().map(|_| record.started.into()),
+        revoked_at: (!matches!(record.reason, "worker_lost" | "unassigned"))
+            .then(|| record.started.into()),
         released_at: None,
         granted_at: record.granted.map(Into::into),
         duration: record

@@ -126,8 +126,8 @@ pub struct HandoffRecord {
     pub started: SystemTime,
     /// When the grant was sent.
     pub granted: Option<SystemTime>,
-    /// Why (`rebalance`, `drain`, `coordinator_restart`; `direct` for a grant without a revoke:
-    /// the bucket was unassigned or its owner's Lease had expired).
+    /// Why (`rebalance`, `drain`, `coordinator_restart`; for a grant without a revoke
+    /// `worker_lost` (its owner's Lease had expired; `from` names it) or `unassigned`).
     pub reason: &'static str,
 }
 
@@ -166,6 +166,9 @@ pub struct Core<P: Planner> {
     metrics: Option<Metrics>,
     /// The revoke a `Released` answered, while its grants are executed.
     completing: Option<String>,
+    /// Whom each bucket was last granted to (from the loaded map at first): tells a grant after
+    /// a lost worker from one of an unassigned bucket.
+    granted_to: Vec<Option<WorkerId>>,
 }
 
 impl<P: Planner> std::fmt::Debug for Core<P> {
@@ -201,7 +204,9 @@ impl<P: Planner> Core<P> {
         weights: Box<dyn Fn() -> Vec<u64> + Send>,
         snapshot: watch::Sender<Snapshot>,
     ) -> Self {
+        let granted_to = slots.iter().map(|s| s.owner.clone()).collect();
         let core = Self {
+            granted_to,
             handoffs: Handoffs::new(slots),
             store,
             planner,
@@ -395,58 +400,85 @@ impl<P: Planner> Core<P> {
         }
     }
 
-    /// Records a grant: it completes the revoke being answered when it covers some of its
-    /// buckets (the handoff's duration is observed then; a revoke whose buckets go to several
-    /// workers is split into one record per grant), otherwise it is a direct grant of its own.
+    /// Records a grant: it completes the open revokes of its buckets (the one being answered
+    /// first; a revoke whose buckets go to several workers is split into one record per grant;
+    /// each handoff's duration is observed then). What no revoke covers is a direct grant of its
+    /// own: `worker_lost` when the buckets had an owner (its Lease expired), `unassigned`
+    /// otherwise. Returns the id the grant message carries.
     fn complete(&mut self, worker: &WorkerId, buckets: &[(u32, u64)]) -> String {
         let now = SystemTime::now();
-        let granted: BTreeSet<u32> = buckets.iter().map(|(b, _)| *b).collect();
-        let revoke = self.completing.as_ref().and_then(|id| {
-            self.history.iter().rposition(|r| {
-                &r.id == id
-                    && r.granted.is_none()
-                    && r.buckets.iter().any(|(b, _)| granted.contains(b))
-            })
-        });
-        let (id, reason, elapsed) = match revoke {
-            Some(index) => {
-                let record = &mut self.history[index];
-                let elapsed = now.duration_since(record.started).unwrap_or_default();
-                let reason = record.reason;
-                let covers_all = record.buckets.iter().all(|(b, _)| granted.contains(b));
-                let id = if covers_all {
-                    record.buckets = buckets.to_vec();
-                    record.to = Some(worker.clone());
-                    record.granted = Some(now);
-                    record.id.clone()
-                } else {
-                    // Part of the revoked buckets: split them off into a record of their own.
-                    record.buckets.retain(|(b, _)| !granted.contains(b));
-                    let mut part = record.clone();
-                    part.id = format!(
-                        "{}.{}",
-                        record.id,
-                        granted.iter().next().copied().unwrap_or(0)
-                    );
-                    part.buckets = buckets.to_vec();
-                    part.to = Some(worker.clone());
-                    part.granted = Some(now);
-                    let id = part.id.clone();
-                    self.history.push_back(part);
-                    id
-                };
-                (id, reason, elapsed)
+        let mut remaining: BTreeMap<u32, u64> = buckets.iter().copied().collect();
+        let previous = remaining
+            .keys()
+            .find_map(|b| self.granted_to.get(*b as usize).cloned().flatten())
+            .filter(|p| p != worker);
+        for b in remaining.keys() {
+            if let Some(slot) = self.granted_to.get_mut(*b as usize) {
+                *slot = Some(worker.clone());
             }
-            None => {
-                let id = self.handoff_id();
-                self.record(&id, buckets, None, Some(worker.clone()), "direct");
-                (id, "direct", std::time::Duration::ZERO)
-            }
-        };
-        if let Some(metrics) = &self.metrics {
-            metrics.observe_handoff(reason, buckets.len(), elapsed);
         }
-        id
+        let mut ids = Vec::new();
+        loop {
+            let open = |r: &HandoffRecord| {
+                r.from.is_some()
+                    && r.granted.is_none()
+                    && r.buckets.iter().any(|(b, _)| remaining.contains_key(b))
+            };
+            let Some(index) = self
+                .completing
+                .as_ref()
+                .and_then(|id| self.history.iter().rposition(|r| &r.id == id && open(r)))
+                .or_else(|| self.history.iter().rposition(open))
+            else {
+                break;
+            };
+            let record = &mut self.history[index];
+            let covered: Vec<(u32, u64)> = record
+                .buckets
+                .iter()
+                .filter_map(|(b, _)| remaining.remove_entry(b))
+                .collect();
+            let elapsed = now.duration_since(record.started).unwrap_or_default();
+            let reason = record.reason;
+            let id = if covered.len() == record.buckets.len() {
+                record.buckets.clone_from(&covered);
+                record.to = Some(worker.clone());
+                record.granted = Some(now);
+                record.id.clone()
+            } else {
+                // Part of the revoked buckets: split them off into a record of their own.
+                record
+                    .buckets
+                    .retain(|(b, _)| !covered.iter().any(|(c, _)| c == b));
+                let mut part = record.clone();
+                part.id = format!("{}.{}", record.id, covered.first().map_or(0, |(b, _)| *b));
+                part.buckets = covered.clone();
+                part.to = Some(worker.clone());
+                part.granted = Some(now);
+                let id = part.id.clone();
+                self.history.push_back(part);
+                id
+            };
+            if let Some(metrics) = &self.metrics {
+                metrics.observe_handoff(reason, covered.len(), elapsed);
+            }
+            ids.push(id);
+        }
+        if !remaining.is_empty() {
+            let id = self.handoff_id();
+            let reason = if previous.is_some() {
+                "worker_lost"
+            } else {
+                "unassigned"
+            };
+            let direct: Vec<(u32, u64)> = remaining.into_iter().collect();
+            self.record(&id, &direct, previous, Some(worker.clone()), reason);
+            if let Some(metrics) = &self.metrics {
+                metrics.observe_handoff(reason, direct.len(), std::time::Duration::ZERO);
+            }
+            ids.push(id);
+        }
+        ids.join(",")
     }
 
     fn handoff_id(&mut self) -> String {

@@ -8,7 +8,7 @@
 //! | `kubetemplater_buckets_owned` | gauge | `worker` (as the leader's map says) |
 //! | `kubetemplater_buckets_unassigned` | gauge | — |
 //! | `kubetemplater_handoffs_in_progress` | gauge | — (buckets revoked, not yet released) |
-//! | `kubetemplater_handoffs_total` | counter | `reason` (`rebalance`, `drain`, `coordinator_restart`, `lease_expired`, `unassigned`) |
+//! | `kubetemplater_handoffs_total` | counter | `reason` (`rebalance`, `drain`, `coordinator_restart`, `worker_lost`, `unassigned`) |
 //! | `kubetemplater_handoff_duration_seconds` | histogram | `reason` (revoke sent → grant sent; 0 for direct grants) |
 //! | `kubetemplater_api_requests_total` | counter | `verb` (writes: `update_map`, `label_template`) |
 //! | `kubetemplater_templates` | gauge | — (KubeTemplates counted across all buckets) |

@@ -232,10 +232,32 @@ async fn a_joining_worker_gets_half_and_nobody_double_holds() {
         .await
         .unwrap()
         .into_inner();
-    assert!(
-        handoffs.handoffs.iter().any(|h| h.from == "w0"),
-        "the revoke to w0 is listed"
+    // Newest first: the rebalance w0 → w1 (4 buckets, completed, with a duration), then the first
+    // assignment of all 8 buckets to w0 (no revoke).
+    let summary: Vec<_> = handoffs
+        .handoffs
+        .iter()
+        .map(|h| {
+            (
+                h.from.as_str(),
+                h.to.as_str(),
+                h.buckets.len(),
+                proto::v1::HandoffReason::try_from(h.reason).unwrap(),
+                h.outcome == proto::v1::HandoffOutcome::Completed as i32,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("w0", "w1", 4, proto::v1::HandoffReason::Rebalance, true),
+            ("", "w0", 8, proto::v1::HandoffReason::Assign, true),
+        ],
+        "{handoffs:#?}"
     );
+    assert!(handoffs.handoffs[0].duration.is_some());
+    assert!(handoffs.handoffs[0].revoked_at.is_some());
+    assert!(handoffs.handoffs[1].revoked_at.is_none());
 
     // w0 leaves: everything moves to w1.
     events

@@ -212,6 +212,76 @@ impl Drop for PrivateCluster {
     }
 }
 
+/// Our components run as local processes against an external cluster (`--kubeconfig`): a
+/// private state directory whose `endpoints.json` has no control plane of its own and a
+/// kubeconfig per component identity that is the external admin kubeconfig, so the
+/// [`stack`](crate::stack) functions start, record and stop processes as on devcluster. Dropping
+/// it stops them and removes the directory.
+#[derive(Debug)]
+pub struct ExternalStack {
+    layout: Layout,
+    endpoints: Endpoints,
+    _dir: tempfile_dir::Dir,
+}
+
+impl ExternalStack {
+    /// A stack for the cluster of `kubeconfig`.
+    pub fn new(kubeconfig: &Path) -> Result<Self> {
+        let dir = tempfile_dir::Dir::new()?;
+        let layout = Layout::new(dir.path());
+        let kubeconfigs = layout.kubeconfigs_dir();
+        let logs = layout.logs_dir();
+        for d in [&kubeconfigs, &logs] {
+            std::fs::create_dir_all(d).map_err(Error::io("creating", d))?;
+        }
+        let kubeconfig =
+            std::fs::canonicalize(kubeconfig).map_err(Error::io("reading", kubeconfig))?;
+        for (identity, _, _) in crate::pki::identity_specs() {
+            let link = layout.kubeconfig_for(&identity);
+            std::os::unix::fs::symlink(&kubeconfig, &link).map_err(Error::io("linking", &link))?;
+        }
+        let endpoints = Endpoints {
+            apiserver: String::new(),
+            etcd: String::new(),
+            jaeger: None,
+            kubeconfig,
+            kubeconfigs,
+            ca_cert: PathBuf::new(),
+            audit_log: layout.audit_log(),
+            logs,
+            kubernetes_version: String::new(),
+            ports: crate::Ports::default(),
+            processes: Vec::new(),
+            components: Vec::new(),
+            addresses: Default::default(),
+        };
+        endpoints.save(&layout)?;
+        Ok(Self {
+            layout,
+            endpoints,
+            _dir: dir,
+        })
+    }
+
+    /// Its state directory (logs of the processes under `logs/`).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Its endpoints (no audit log, no Jaeger).
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+}
+
+impl Drop for ExternalStack {
+    fn drop(&mut self) {
+        if let Err(e) = cluster::stop(&self.layout) {
+            eprintln!("stopping the components on the external cluster: {e}");
+        }
+    }
+}
+
 /// Whether a start failed because a chosen port was taken by someone else meanwhile.
 fn is_port_race(e: &crate::Error) -> bool {
     match e {

@@ -15,7 +15,7 @@ async fn killed_worker_and_killed_leader_lose_nothing() -> Result<()> {
     let client = system.client.clone();
     let namespaces = workload::namespaces_with_policies(&client, "fail", 40).await?;
     workload::create_templates(&client, &workload::names(&namespaces, 0, 5), 1).await?;
-    workload::all_completed(&client, 200, 1, Duration::from_secs(240)).await?;
+    workload::all_completed(&client, &namespaces, 200, 1, Duration::from_secs(240)).await?;
 
     // A worker dies under load: templates are being created while it is killed.
     let creating = {
@@ -38,8 +38,8 @@ async fn killed_worker_and_killed_leader_lose_nothing() -> Result<()> {
     );
     assert!(owners(&map).iter().all(|o| o != "worker-1"));
     creating.await??;
-    workload::all_completed(&client, 400, 1, Duration::from_secs(240)).await?;
-    let objects = workload::managed_configmaps(&client).await?;
+    workload::all_completed(&client, &namespaces, 400, 1, Duration::from_secs(240)).await?;
+    let objects = workload::managed_configmaps(&client, &namespaces).await?;
     assert_eq!(objects.len(), 400, "nothing lost");
 
     // The leader dies; the workers keep applying while a standby takes over.
@@ -69,7 +69,7 @@ async fn killed_worker_and_killed_leader_lose_nothing() -> Result<()> {
     );
     // Workers kept applying: templates created in the gap complete.
     creating.await??;
-    workload::all_completed(&client, 480, 1, Duration::from_secs(240)).await?;
+    workload::all_completed(&client, &namespaces, 480, 1, Duration::from_secs(240)).await?;
     let after = owners(&system.settled_map(Duration::from_secs(60)).await?);
     let moved = moved_fraction(&before, &after);
     assert!(
@@ -77,6 +77,11 @@ async fn killed_worker_and_killed_leader_lose_nothing() -> Result<()> {
         "the new leader reshuffled {:.1}% of the buckets",
         moved * 100.0
     );
-    assert_eq!(workload::managed_configmaps(&client).await?.len(), 480);
+    assert_eq!(
+        workload::managed_configmaps(&client, &namespaces)
+            .await?
+            .len(),
+        480
+    );
     Ok(())
 }

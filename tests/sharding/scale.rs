@@ -71,8 +71,9 @@ fn collect_handoffs(
 async fn five_hundred_templates_then_scaling_without_overlap() -> Result<()> {
     let mut system = System::start(3, true).await?;
     let client = system.client.clone();
-    let audit = AuditLog::new(&system.cluster.endpoints().audit_log);
-    let start = audit.cursor()?;
+    // The audit log exists on devcluster only: there, every write is checked too.
+    let audit = system.audit();
+    let start = audit.as_ref().map(AuditLog::cursor).transpose()?;
     let handoffs = Arc::new(Mutex::new(HandoffLog::default()));
     let stop = CancellationToken::new();
     let poller = collect_handoffs(&system, handoffs.clone(), stop.clone());
@@ -80,8 +81,8 @@ async fn five_hundred_templates_then_scaling_without_overlap() -> Result<()> {
     let namespaces = workload::namespaces_with_policies(&client, "shard", 100).await?;
     let first = workload::names(&namespaces, 0, 5);
     workload::create_templates(&client, &first, 2).await?;
-    workload::all_completed(&client, 500, 2, Duration::from_secs(300)).await?;
-    let objects = workload::managed_configmaps(&client).await?;
+    workload::all_completed(&client, &namespaces, 500, 2, Duration::from_secs(300)).await?;
+    let objects = workload::managed_configmaps(&client, &namespaces).await?;
     assert_eq!(
         objects.len(),
         1000,
@@ -138,8 +139,24 @@ async fn five_hundred_templates_then_scaling_without_overlap() -> Result<()> {
         })
         .await?;
 
-    // Editing one template re-applies only that one.
-    let before_edit = audit.cursor()?;
+    // Editing one template re-applies only that one: its neighbours' objects keep their
+    // resourceVersions (and, on devcluster, the audit log shows no other write).
+    let before_edit = audit.as_ref().map(AuditLog::cursor).transpose()?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &namespaces[5]);
+    let versions = |cms: Api<ConfigMap>| async move {
+        let mut v = std::collections::BTreeMap::new();
+        for t in ["t0", "t2", "t3", "t4"] {
+            for k in 0..2 {
+                let name = format!("{t}-{k}");
+                v.insert(
+                    name.clone(),
+                    cms.get(&name).await?.metadata.resource_version,
+                );
+            }
+        }
+        anyhow::Ok(v)
+    };
+    let neighbours = versions(cms.clone()).await?;
     let api: Api<KubeTemplate> = Api::namespaced(client.clone(), &namespaces[5]);
     let edited = workload::template(&namespaces[5], "t1", 2, "2")?;
     api.patch(
@@ -151,7 +168,6 @@ async fn five_hundred_templates_then_scaling_without_overlap() -> Result<()> {
         })),
     )
     .await?;
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &namespaces[5]);
     system
         .until(Duration::from_secs(30), "t1's ConfigMaps updated", || {
             let cms = cms.clone();
@@ -165,8 +181,17 @@ async fn five_hundred_templates_then_scaling_without_overlap() -> Result<()> {
         })
         .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        versions(cms.clone()).await?,
+        neighbours,
+        "the edit of t1 touched other templates"
+    );
     let writes: Vec<_> = audit
-        .read_since(before_edit)?
+        .as_ref()
+        .zip(before_edit)
+        .map(|(audit, cursor)| audit.read_since(cursor))
+        .transpose()?
+        .unwrap_or_default()
         .into_iter()
         .filter(|e| e.succeeded() && e.user.username.starts_with("kubetemplater:worker-"))
         .filter(|e| {
@@ -175,7 +200,10 @@ async fn five_hundred_templates_then_scaling_without_overlap() -> Result<()> {
                 .is_some_and(|o| o.api_group != "coordination.k8s.io")
         })
         .collect();
-    assert!(!writes.is_empty(), "the edit was applied by a worker");
+    assert!(
+        audit.is_none() || !writes.is_empty(),
+        "the edit was applied by a worker"
+    );
     for w in &writes {
         let o = w.object_ref.as_ref().unwrap();
         assert!(
@@ -200,8 +228,8 @@ async fn five_hundred_templates_then_scaling_without_overlap() -> Result<()> {
     let map2 = owners(&system.settled_map(Duration::from_secs(90)).await?);
     assert_near_ideal("4 → 2 workers", moved_fraction(&map1, &map2), 2.0 / 4.0);
     creating.await??;
-    workload::all_completed(&client, 999, 2, Duration::from_secs(300)).await?;
-    let objects = workload::managed_configmaps(&client).await?;
+    workload::all_completed(&client, &namespaces, 999, 2, Duration::from_secs(300)).await?;
+    let objects = workload::managed_configmaps(&client, &namespaces).await?;
     assert_eq!(objects.len(), 1998);
     assert!(
         objects.values().all(|n| *n == 1),
@@ -212,6 +240,10 @@ async fn five_hundred_templates_then_scaling_without_overlap() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.cancel();
     poller.await?;
+    let (Some(audit), Some(start)) = (audit, start) else {
+        eprintln!("SKIP the audit-log and Jaeger checks: they need devcluster");
+        return Ok(());
+    };
     let events = audit.read_since(start)?;
     let grants = handoffs.lock().unwrap().grants.clone();
     let checked = workload::check_exclusive(&events, &grants)?;
@@ -226,7 +258,6 @@ async fn five_hundred_templates_then_scaling_without_overlap() -> Result<()> {
 
     // Jaeger: one trace from admission to Completed; one trace per handoff.
     let jaeger = system
-        .cluster
         .endpoints()
         .jaeger
         .clone()

@@ -1,13 +1,18 @@
-//! The whole system on a private devcluster, for the multi-process scenarios: a webhook
-//! replica, two coordinators and N workers, each a process under its own API identity (so the
-//! audit log says who wrote what), started from the binaries `cargo xtask test` builds.
+//! The whole system as processes, for the multi-process scenarios: on devcluster a private
+//! control plane with a webhook replica, two coordinators and N workers, each under its own API
+//! identity (so the audit log says who wrote what); against another cluster
+//! (`cargo xtask test --kubeconfig`) the coordinators and workers run here as local processes
+//! with that kubeconfig, without the webhook (a remote API server cannot call a loopback
+//! address; the coordinator adds the bucket labels) and without an audit log. The binaries are
+//! the ones `cargo xtask test` builds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use devcluster::stack::{self, Component, ShardConfig};
-use devcluster::testing::PrivateCluster;
+use devcluster::testing::{ExternalStack, PrivateCluster};
+use devcluster::{Endpoints, Layout};
 use kube::Client;
 use proto::v1::admin_service_client::AdminServiceClient;
 use proto::v1::{self};
@@ -21,10 +26,17 @@ pub const BINARIES: [&str; 3] = [
     "kubetemplater-worker",
 ];
 
+/// Where the processes run.
+enum Base {
+    /// A private devcluster (dropping it stops every process).
+    Private(PrivateCluster),
+    /// Local processes against an external cluster.
+    External(ExternalStack),
+}
+
 /// A running system.
 pub struct System {
-    /// The control plane (dropping it stops every process).
-    pub cluster: PrivateCluster,
+    base: Base,
     /// Admin client.
     pub client: Client,
     config: ShardConfig,
@@ -43,6 +55,11 @@ impl std::fmt::Debug for System {
 /// Timing that keeps the scenarios short: Leases of 6 s (renew deadline 4 s, renewals every
 /// 1 s), a re-plan every 5 s.
 pub const LEASE_DURATION: Duration = Duration::from_secs(6);
+
+/// Whether the tests run against an external cluster (`cargo xtask test --kubeconfig`).
+pub fn on_external_cluster() -> bool {
+    std::env::var_os(devcluster::testing::EXTERNAL_KUBECONFIG_ENV).is_some_and(|p| !p.is_empty())
+}
 
 fn binary(name: &str) -> Result<std::path::PathBuf> {
     stack::binary_in_target_dir(name).with_context(|| {
@@ -82,20 +99,32 @@ impl System {
             .extend(timing.iter().map(|s| (*s).to_owned()));
         config.worker_args.push("--shutdown-grace=20s".to_owned());
 
-        let cluster = PrivateCluster::start(jaeger).await?;
-        let client = cluster.target().client().await?;
+        let base = match std::env::var_os(devcluster::testing::EXTERNAL_KUBECONFIG_ENV)
+            .filter(|_| on_external_cluster())
+        {
+            Some(kubeconfig) => {
+                Base::External(ExternalStack::new(std::path::Path::new(&kubeconfig))?)
+            }
+            None => Base::Private(PrivateCluster::start(jaeger).await?),
+        };
+        let (layout, endpoints) = match &base {
+            Base::Private(c) => (c.layout().clone(), c.endpoints().clone()),
+            Base::External(e) => (e.layout().clone(), e.endpoints().clone()),
+        };
+        let client = devcluster::cluster::client_from_kubeconfig(&endpoints.kubeconfig).await?;
         install_crds(&client).await?;
-        stack::install_prerequisites(cluster.layout(), &cluster.endpoints().kubeconfig)?;
-        let endpoints = cluster.endpoints().clone();
-        stack::start_webhooks(
-            cluster.layout(),
-            &endpoints,
-            &stack::WebhookConfig::new(webhook, 1, devcluster::cluster::free_port()?),
-        )
-        .await?;
-        let coordinators = stack::start_coordinators(cluster.layout(), &endpoints, &config).await?;
+        stack::install_prerequisites(&layout, &endpoints.kubeconfig)?;
+        if matches!(base, Base::Private(_)) {
+            stack::start_webhooks(
+                &layout,
+                &endpoints,
+                &stack::WebhookConfig::new(webhook, 1, devcluster::cluster::free_port()?),
+            )
+            .await?;
+        }
+        let coordinators = stack::start_coordinators(&layout, &endpoints, &config).await?;
         let mut system = Self {
-            cluster,
+            base,
             client,
             config,
             coordinators,
@@ -117,15 +146,43 @@ impl System {
                 devcluster::pki::WORKER_IDENTITIES
             );
         }
-        let endpoints = self.cluster.endpoints().clone();
         let started =
-            stack::start_workers(self.cluster.layout(), &endpoints, &self.config, ids.clone())
+            stack::start_workers(self.layout(), self.endpoints(), &self.config, ids.clone())
                 .await?;
         let names = started.iter().map(|c| c.record.component.clone()).collect();
         for (id, component) in ids.into_iter().zip(started) {
             self.workers.insert(id, component);
         }
         Ok(names)
+    }
+
+    /// The state directory of the processes (their logs are in `logs/`).
+    pub fn layout(&self) -> &Layout {
+        match &self.base {
+            Base::Private(c) => c.layout(),
+            Base::External(e) => e.layout(),
+        }
+    }
+
+    /// The cluster's endpoints.
+    pub fn endpoints(&self) -> &Endpoints {
+        match &self.base {
+            Base::Private(c) => c.endpoints(),
+            Base::External(e) => e.endpoints(),
+        }
+    }
+
+    /// kube-apiserver's audit log; `None` on an external cluster.
+    pub fn audit(&self) -> Option<devcluster::audit::AuditLog> {
+        match &self.base {
+            Base::Private(c) => Some(devcluster::audit::AuditLog::new(&c.endpoints().audit_log)),
+            Base::External(_) => None,
+        }
+    }
+
+    /// Whether the webhook runs (devcluster only).
+    pub fn has_webhook(&self) -> bool {
+        matches!(self.base, Base::Private(_))
     }
 
     /// Names of the running workers.

@@ -16,21 +16,25 @@ use crate::eventually;
 /// Namespace of the policies.
 pub const SYSTEM_NAMESPACE: &str = devcluster::stack::SYSTEM_NAMESPACE;
 
-/// Creates namespaces `{prefix}-0` … and, for each, a policy admitting ConfigMaps in it.
+/// Creates namespaces `{prefix}-{random}-0` … (labelled for the sweep of test namespaces) and,
+/// for each, a policy admitting ConfigMaps in it.
 pub async fn namespaces_with_policies(
     client: &Client,
     prefix: &str,
     n: usize,
 ) -> Result<Vec<String>> {
-    let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    let run: u32 = rand::random::<u32>() & 0xff_ffff;
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{run:06x}-{i}")).collect();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let policies: Api<KubeTemplatePolicy> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     futures::stream::iter(names.clone())
         .map(|ns| {
             let (namespaces, policies) = (namespaces.clone(), policies.clone());
             async move {
-                let namespace: Namespace =
-                    serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+                let namespace: Namespace = serde_json::from_value(json!({"metadata": {
+                    "name": ns,
+                    "labels": {devcluster::testing::TEST_NAMESPACE_LABEL: "true"},
+                }}))?;
                 namespaces
                     .create(&PostParams::default(), &namespace)
                     .await
@@ -118,15 +122,23 @@ pub fn names(namespaces: &[String], first: usize, per_namespace: usize) -> Vec<(
 /// and there are `expected` of them.
 pub async fn all_completed(
     client: &Client,
+    namespaces: &[String],
     expected: usize,
     objects: i64,
     timeout: Duration,
 ) -> Result<()> {
     let api: Api<KubeTemplate> = Api::all(client.clone());
+    let namespaces: BTreeSet<&str> = namespaces.iter().map(String::as_str).collect();
     eventually(timeout, &format!("{expected} templates Completed"), || {
-        let api = api.clone();
+        let (api, namespaces) = (api.clone(), &namespaces);
         async move {
-            let list = api.list(&ListParams::default()).await?;
+            let mut list = api.list(&ListParams::default()).await?;
+            list.items.retain(|kt| {
+                kt.metadata
+                    .namespace
+                    .as_deref()
+                    .is_some_and(|n| namespaces.contains(n))
+            });
             let mut pending = Vec::new();
             let mut done = 0;
             for kt in &list.items {
@@ -158,9 +170,12 @@ pub async fn all_completed(
     .await
 }
 
-/// Every ConfigMap the templates own, by (namespace, name) → how many there are; checks each
-/// has the labels of its template.
-pub async fn managed_configmaps(client: &Client) -> Result<BTreeMap<(String, String), usize>> {
+/// Every ConfigMap templates own in `namespaces`, by (namespace, name) → how many there are;
+/// checks each has the labels of its template.
+pub async fn managed_configmaps(
+    client: &Client,
+    namespaces: &[String],
+) -> Result<BTreeMap<(String, String), usize>> {
     let api: Api<ConfigMap> = Api::all(client.clone());
     let list = api
         .list(&ListParams::default().labels("kubetemplater.io/template-name"))
@@ -168,6 +183,9 @@ pub async fn managed_configmaps(client: &Client) -> Result<BTreeMap<(String, Str
     let mut seen = BTreeMap::new();
     for cm in list.items {
         let ns = cm.metadata.namespace.clone().unwrap_or_default();
+        if !namespaces.contains(&ns) {
+            continue;
+        }
         let name = cm.metadata.name.clone().unwrap_or_default();
         let labels = cm.metadata.labels.clone().unwrap_or_default();
         let owner = labels
