@@ -1,4 +1,6 @@
-//! The audit log names the component identity behind each write (devcluster only).
+//! The audit log names the identity behind each write (devcluster only). It uses the `e2e`
+//! identity, which has no permissions of its own (the components' identities have their RBAC
+//! from deploy/devcluster/).
 
 use std::time::Duration;
 
@@ -19,16 +21,16 @@ async fn audit_log_shows_writes_under_component_identities() -> Result<()> {
         return Ok(());
     };
     let ns = env.namespace("audit").await?;
-    let worker = env
+    let identity = env
         .target
-        .client_as("worker-0")
+        .client_as("e2e")
         .await?
-        .context("worker identity")?;
-    let configmaps: Api<ConfigMap> = Api::namespaced(worker, &ns);
+        .context("the e2e identity")?;
+    let configmaps: Api<ConfigMap> = Api::namespaced(identity, &ns);
     let mut cm = ConfigMap::default();
     cm.metadata.name = Some("by-worker".into());
 
-    // Before RBAC grants anything, the worker's write is refused, and the refusal is no write.
+    // Before RBAC grants anything, the write is refused, and the refusal is no write.
     let cursor = audit.cursor()?;
     let denied = configmaps
         .create(&PostParams::default(), &cm)
@@ -39,7 +41,7 @@ async fn audit_log_shows_writes_under_component_identities() -> Result<()> {
         "{denied}"
     );
 
-    // Grant the workers' group configmap writes in this namespace only.
+    // Grant the e2e group configmap writes in this namespace only.
     let rule = PolicyRule {
         api_groups: Some(vec![String::new()]),
         resources: Some(vec!["configmaps".into()]),
@@ -55,7 +57,7 @@ async fn audit_log_shows_writes_under_component_identities() -> Result<()> {
     };
     let binding = RoleBinding {
         metadata: ObjectMeta {
-            name: Some("workers-cm-writer".into()),
+            name: Some("e2e-cm-writer".into()),
             ..Default::default()
         },
         role_ref: RoleRef {
@@ -65,7 +67,7 @@ async fn audit_log_shows_writes_under_component_identities() -> Result<()> {
         },
         subjects: Some(vec![Subject {
             kind: "Group".into(),
-            name: "kubetemplater:workers".into(),
+            name: "kubetemplater:e2e".into(),
             api_group: Some("rbac.authorization.k8s.io".into()),
             ..Default::default()
         }]),
@@ -75,7 +77,7 @@ async fn audit_log_shows_writes_under_component_identities() -> Result<()> {
         .patch("cm-writer", &params, &Patch::Apply(&role))
         .await?;
     Api::<RoleBinding>::namespaced(env.client.clone(), &ns)
-        .patch("workers-cm-writer", &params, &Patch::Apply(&binding))
+        .patch("e2e-cm-writer", &params, &Patch::Apply(&binding))
         .await?;
     // RBAC changes reach the authorizer through a watch; retry briefly.
     let mut created = None;
@@ -91,7 +93,7 @@ async fn audit_log_shows_writes_under_component_identities() -> Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
-    created.context("the worker could not write even after the RoleBinding")?;
+    created.context("the e2e identity could not write even after the RoleBinding")?;
 
     let ns2 = ns.clone();
     let event = audit
@@ -103,16 +105,11 @@ async fn audit_log_shows_writes_under_component_identities() -> Result<()> {
                     .is_some_and(|o| o.namespace == ns2 && o.name == "by-worker")
         })
         .await?
-        .context("no audit event for the worker's write")?;
-    assert_eq!(event.user.username, "kubetemplater:worker-0");
-    assert!(
-        event
-            .user
-            .groups
-            .contains(&"kubetemplater:workers".to_string())
-    );
+        .context("no audit event for the write")?;
+    assert_eq!(event.user.username, "kubetemplater:e2e");
+    assert!(event.user.groups.contains(&"kubetemplater:e2e".to_string()));
 
-    let writes = audit.writes_by(cursor, "kubetemplater:worker-0")?;
+    let writes = audit.writes_by(cursor, "kubetemplater:e2e")?;
     let in_ns: Vec<_> = writes
         .iter()
         .filter(|e| e.object_ref.as_ref().is_some_and(|o| o.namespace == ns))
@@ -120,13 +117,13 @@ async fn audit_log_shows_writes_under_component_identities() -> Result<()> {
     assert_eq!(
         in_ns.len(),
         1,
-        "exactly one successful write by the worker: {:?}",
+        "exactly one successful write by the e2e identity: {:?}",
         in_ns.iter().map(|e| e.describe()).collect::<Vec<_>>()
     );
     let refused = audit
         .read_since(cursor)?
         .into_iter()
-        .filter(|e| e.user.username == "kubetemplater:worker-0" && !e.succeeded())
+        .filter(|e| e.user.username == "kubetemplater:e2e" && !e.succeeded())
         .count();
     assert!(refused >= 1, "the refused write is audited with its 403");
     env.target.delete_namespace(&ns).await?;
