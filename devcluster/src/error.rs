@@ -114,6 +114,13 @@ pub enum Error {
         message: String,
     },
 
+    /// The system's shard processes cannot be scaled as asked.
+    #[error("cannot scale the workers: {message}")]
+    Scale {
+        /// Why.
+        message: String,
+    },
+
     /// No control plane is running where one was expected.
     #[error("no devcluster is running (no live {path}); start one with `cargo xtask up`")]
     NotRunning {

@@ -213,6 +213,103 @@ impl ShardConfig {
     }
 }
 
+impl ShardConfig {
+    /// The configuration of the coordinators and workers running on a devcluster: the binaries
+    /// they were started from and the coordinators' gRPC ports (from `endpoints.json`), default
+    /// flags otherwise. For scaling a system someone else started (`cargo xtask up`, a test).
+    pub fn of_running(endpoints: &Endpoints) -> Result<Self> {
+        let coordinator = running(endpoints, "coordinator-")
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Scale {
+                message: "no coordinator runs (start the system with `cargo xtask up`)".into(),
+            })?;
+        let worker_binary = running(endpoints, "worker-")
+            .into_iter()
+            .next()
+            .map(|w| w.program)
+            .or_else(|| {
+                coordinator
+                    .program
+                    .parent()
+                    .map(|dir| dir.join("kubetemplater-worker"))
+            })
+            .ok_or_else(|| Error::Scale {
+                message: "cannot tell where the worker binary is".into(),
+            })?;
+        let urls = endpoints
+            .addresses
+            .get(COORDINATOR_ADDRESSES)
+            .ok_or_else(|| Error::Scale {
+                message: format!("endpoints.json has no `{COORDINATOR_ADDRESSES}` address"),
+            })?;
+        let coordinator_ports = urls
+            .split(',')
+            .map(|url| {
+                url.rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+                    .ok_or_else(|| Error::Scale {
+                        message: format!("coordinator address {url:?} has no port"),
+                    })
+            })
+            .collect::<Result<Vec<u16>>>()?;
+        Ok(Self::new(
+            coordinator.program,
+            worker_binary,
+            coordinator_ports,
+        ))
+    }
+}
+
+/// What [`scale_workers`] changed.
+#[derive(Debug, Default)]
+pub struct Scaled {
+    /// Workers stopped (gracefully: each handed its buckets over first).
+    pub stopped: Vec<String>,
+    /// Workers started, ready.
+    pub started: Vec<Component>,
+}
+
+/// Brings the number of running workers to `wanted`: stops the highest-numbered ones with
+/// SIGTERM (each hands its buckets over before it exits) or starts the lowest free identities
+/// and waits until they are ready.
+pub async fn scale_workers(
+    layout: &Layout,
+    endpoints: &Endpoints,
+    config: &ShardConfig,
+    wanted: usize,
+) -> Result<Scaled> {
+    if wanted > crate::pki::WORKER_IDENTITIES {
+        return Err(Error::Scale {
+            message: format!(
+                "{wanted} workers wanted; devcluster has identities for {}",
+                crate::pki::WORKER_IDENTITIES
+            ),
+        });
+    }
+    let mut workers: Vec<(usize, ProcessRecord)> = running(endpoints, "worker-")
+        .into_iter()
+        .filter_map(|r| Some((r.component.strip_prefix("worker-")?.parse().ok()?, r)))
+        .collect();
+    workers.sort_by_key(|(i, _)| *i);
+    let mut scaled = Scaled::default();
+    if workers.len() > wanted {
+        for (_, record) in workers.drain(wanted..).rev() {
+            record.stop(Duration::from_secs(40));
+            scaled.stopped.push(record.component);
+        }
+    } else if workers.len() < wanted {
+        let taken: Vec<usize> = workers.iter().map(|(i, _)| *i).collect();
+        let new: Vec<usize> = (0..crate::pki::WORKER_IDENTITIES)
+            .filter(|i| !taken.contains(i))
+            .take(wanted - workers.len())
+            .collect();
+        scaled.started = start_workers(layout, endpoints, config, new).await?;
+    }
+    Ok(scaled)
+}
+
 /// Starts the coordinators (all of them serve gRPC; one leads) and waits until each is ready.
 pub async fn start_coordinators(
     layout: &Layout,

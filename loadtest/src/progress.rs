@@ -41,6 +41,16 @@ impl Progress {
         self.bar.inc(1);
     }
 
+    /// Sets the number of steps done.
+    pub fn set_position(&self, done: u64) {
+        self.bar.set_position(done);
+    }
+
+    /// Sets the number of steps in all.
+    pub fn set_length(&self, len: u64) {
+        self.bar.set_length(len);
+    }
+
     /// Sets the message shown after the ETA.
     pub fn message(&self, msg: impl Into<String>) {
         self.bar.set_message(msg.into());

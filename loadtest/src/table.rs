@@ -106,6 +106,16 @@ pub fn render(report: &Report) -> String {
     out
 }
 
+/// A value with its unit, as in the table (`12.5 ms`, `1,024 (1.0 KiB)`).
+pub fn format_value(value: f64, unit: &str) -> String {
+    let n = number(value, unit);
+    if unit == unit::BYTES || unit == unit::COUNT || unit.is_empty() {
+        n
+    } else {
+        format!("{n} {unit}")
+    }
+}
+
 /// A value for the table: integers without decimals, bytes also in binary units, other
 /// numbers with 3 significant decimals at most.
 fn number(value: f64, unit: &str) -> String {

@@ -20,8 +20,8 @@
 //! ([`crate::writes`]). Once a write is fenced the reconcile stops writing and returns
 //! [`ReconcileError::Fenced`]; nothing after it (prune, status) is attempted.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use api::constants::FIELD_MANAGER;
 use api::constants::condition::READY;
@@ -177,6 +177,23 @@ pub struct Reconciler {
     applier: Applier,
     policies: Arc<dyn PolicySource>,
     concurrency: usize,
+    recent: Arc<Mutex<HashMap<(String, String), Applied>>>,
+}
+
+/// A spec this worker applied completely and recorded as `Completed`, remembered until the
+/// watch cache shows that status. Without it, a reconcile that runs before the cache caught up
+/// with our own status write (the re-queue our finalizer write caused, on every create) would
+/// see no applied hash and apply every object a second time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Applied {
+    uid: String,
+    generation: Option<i64>,
+    spec_hash: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The map holds plain values; a panic elsewhere cannot leave one half-written.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -197,6 +214,7 @@ impl Reconciler {
             client,
             policies,
             concurrency: concurrency.max(1),
+            recent: Arc::default(),
         }
     }
 
@@ -268,13 +286,30 @@ impl Reconciler {
             self.set_finalizer(&api, template, false)
                 .await
                 .map_err(|e| template_write("removing the finalizer of", template_ref(), e))?;
+            lock(&self.recent).remove(&(namespace.clone(), name.clone()));
             return Ok(Outcome::Finalized);
         }
 
         let spec_hash = engine::hash::spec_hash(&template.spec);
-        let unchanged = status.observed_generation == template.metadata.generation
+        let recorded = status.observed_generation == template.metadata.generation
             && status.processing_phase.as_deref() == Some(PHASE_COMPLETED)
             && status.applied_spec_hash.as_deref() == Some(spec_hash.as_str());
+        let applied = Applied {
+            uid: template.uid().unwrap_or_default(),
+            generation: template.metadata.generation,
+            spec_hash: spec_hash.clone(),
+        };
+        let key = (namespace.clone(), name.clone());
+        let unchanged = {
+            let mut recent = lock(&self.recent);
+            if recorded {
+                // The cache caught up: the status says it all from now on.
+                recent.remove(&key);
+                true
+            } else {
+                recent.get(&key) == Some(&applied)
+            }
+        };
         let wanted = desired(template, bucket);
         if unchanged && trigger == Trigger::Change {
             return Ok(Outcome::Unchanged);
@@ -435,7 +470,13 @@ impl Reconciler {
             next.status = Some(format!("Error: {message}"));
             set_ready(&mut next, false, "ApplyFailed", &message);
         }
+        let completed = next.processing_phase.as_deref() == Some(PHASE_COMPLETED);
         self.write_status(&api, template, &status, next).await?;
+        if completed {
+            lock(&self.recent).insert(key, applied);
+        } else {
+            lock(&self.recent).remove(&key);
+        }
         if errors.is_empty() {
             Ok(Outcome::Applied {
                 applied: applied_refs.len(),

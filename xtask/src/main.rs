@@ -255,35 +255,20 @@ async fn scale(wanted: u32, release: bool) -> Result<()> {
     if stack::running(&endpoints, "coordinator-").is_empty() {
         bail!("no coordinator runs: start the system with `cargo xtask up`");
     }
-    let mut running: Vec<(usize, devcluster::process::ProcessRecord)> =
-        stack::running(&endpoints, "worker-")
-            .into_iter()
-            .filter_map(|r| Some((r.component.strip_prefix("worker-")?.parse().ok()?, r)))
-            .collect();
-    running.sort_by_key(|(i, _)| *i);
-    let wanted = wanted as usize;
-    if running.len() > wanted {
-        for (_, record) in running.drain(wanted..).rev() {
-            println!(
-                "stopping {} (SIGTERM: it hands its buckets over first)",
-                record.component
-            );
-            record.stop(Duration::from_secs(40));
-        }
-    } else if running.len() < wanted {
-        let bin = build_components(release)?;
-        let taken: Vec<usize> = running.iter().map(|(i, _)| *i).collect();
-        let new: Vec<usize> = (0..devcluster::pki::WORKER_IDENTITIES)
-            .filter(|i| !taken.contains(i))
-            .take(wanted - running.len())
-            .collect();
-        let started = stack::start_workers(&layout, &endpoints, &shard_config(&bin), new).await?;
-        for worker in &started {
-            println!(
-                "started {} (admin {})",
-                worker.record.component, worker.admin
-            );
-        }
+    let config = if stack::running(&endpoints, "worker-").len() < wanted as usize {
+        shard_config(&build_components(release)?)
+    } else {
+        stack::ShardConfig::of_running(&endpoints)?
+    };
+    let scaled = stack::scale_workers(&layout, &endpoints, &config, wanted as usize).await?;
+    for name in &scaled.stopped {
+        println!("stopped {name} (SIGTERM: it handed its buckets over first)");
+    }
+    for worker in &scaled.started {
+        println!(
+            "started {} (admin {})",
+            worker.record.component, worker.admin
+        );
     }
     println!("{wanted} workers run; see them with `ktctl workers`");
     Ok(())

@@ -1,0 +1,137 @@
+//! `idle`: after a burst has settled, the API writes the system makes over a window (goal: 0).
+//!
+//! On devcluster the count is exact, from kube-apiserver's audit log by identity (every write of
+//! a `kubetemplater:` identity except the Lease renewals that prove a process alive). Elsewhere
+//! it is the sum of the components' own write counters (`kubetemplater_api_requests_total`,
+//! which count every write but Lease renewals) over the window.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::apicount::Window;
+use crate::burst;
+use crate::monitor::Monitor;
+use crate::plot::Panel;
+use crate::populate::{self, PopulateArgs};
+use crate::report::{Figure, Report, unit};
+use crate::target::Target;
+use crate::{Error, Result};
+
+/// Scenario name.
+pub const SCENARIO: &str = "idle";
+
+/// Arguments of `loadtest idle`.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct IdleArgs {
+    /// The templates to create first.
+    #[command(flatten)]
+    pub populate: PopulateArgs,
+    /// Seconds to let the last status writes and re-plans settle before the window opens.
+    #[arg(long, default_value_t = 10)]
+    pub settle: u64,
+    /// Length of the window, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub window: u64,
+}
+
+/// Sum of `kubetemplater_api_requests_total` over the components with a metrics endpoint.
+async fn component_writes(target: &Target) -> Result<f64> {
+    let mut total = 0.0;
+    let names = target.components("");
+    if names.is_empty() {
+        return Err(Error::Cluster(
+            "no component metrics endpoint is known (not a devcluster; name them with --metrics NAME=URL)"
+                .into(),
+        ));
+    }
+    for name in names {
+        total += target
+            .component_metrics(&name)
+            .await?
+            .sum("kubetemplater_api_requests_total", &[]);
+    }
+    Ok(total)
+}
+
+/// Runs `idle`.
+pub async fn run(
+    target: &Target,
+    args: &IdleArgs,
+    quiet: bool,
+    report: &mut Report,
+) -> Result<Vec<Panel>> {
+    args.populate.validate()?;
+    report.parameters = serde_json::to_value(args).unwrap_or_default();
+    let populated = populate::populate(target, &args.populate, quiet).await?;
+    report.problems.extend(populated.problems.iter().cloned());
+    burst::figures(&populated, args.populate.objects, report);
+    if populated.problems.is_empty() {
+        tokio::time::sleep(Duration::from_secs(args.settle)).await;
+        let monitor = Monitor::start(target, Duration::from_secs(1));
+        let window = Window::start(target).await;
+        let before = component_writes(target).await;
+        let progress = crate::progress::Progress::new("idle", args.window, "seconds", quiet);
+        for _ in 0..args.window {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            progress.step();
+        }
+        progress.finish();
+        let after = component_writes(target).await;
+        let audit = window.finish(target, "idle.", report).await;
+        let observed = monitor.stop().await;
+        observed.add_figures(report, 0, 0);
+        let writes = match audit {
+            Some(audit) => {
+                let ours = audit.ours_without_leases();
+                for e in ours.iter().take(20) {
+                    report
+                        .records
+                        .push(serde_json::json!({"idle_write": e.describe()}));
+                }
+                report
+                    .notes
+                    .push("idle writes counted exactly, from the audit log by identity".into());
+                ours.len() as f64
+            }
+            None => match (before, after) {
+                (Ok(b), Ok(a)) => {
+                    report.notes.push(
+                        "idle writes counted from the components' kubetemplater_api_requests_total"
+                            .into(),
+                    );
+                    a - b
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    report
+                        .problems
+                        .push(format!("cannot count idle writes: {e}"));
+                    f64::NAN
+                }
+            },
+        };
+        report.figures.push(
+            Figure::new("idle.writes", writes, unit::COUNT)
+                .describe(format!("writes by the system in {} s with every template settled (Lease renewals excepted)", args.window)),
+        );
+        report.figures.push(Figure::new(
+            "idle.writes_per_minute",
+            writes * 60.0 / args.window.max(1) as f64,
+            unit::COUNT,
+        ));
+        if writes > 0.0 {
+            report.problems.push(format!(
+                "{writes} writes in the idle window (goal: 0); the report's records name them"
+            ));
+        }
+    }
+    burst::finish(target, &populated, args.populate.keep, quiet, report).await?;
+    Ok(vec![
+        Panel::new("Work queue depth (all workers)", "keys", &["queue_depth"]),
+        Panel::new(
+            "CPU while idle (cores)",
+            "cores",
+            &["cpu_ours", "cpu_control_plane"],
+        ),
+    ])
+}
