@@ -3,7 +3,7 @@
 //! CPU and memory per process; then the ceiling (the API server's own apply rate with the same
 //! objects and concurrency), so throughput is also a fraction of what the server can take.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -65,7 +65,7 @@ pub async fn run(
     let window = Window::start(target).await;
     let populated = populate::populate(target, &args.populate, quiet).await?;
     window.finish(target, "", report).await;
-    figures(&populated, args.populate.objects, report);
+    figures(&populated, args.populate.objects, monitor.started(), report);
     report.problems.extend(populated.problems.iter().cloned());
     if !args.no_ceiling && populated.problems.is_empty() {
         let count = args.populate.templates * args.populate.objects;
@@ -89,7 +89,7 @@ pub async fn run(
     let observed = monitor.stop().await;
     observed.add_figures(
         report,
-        args.populate.templates,
+        (args.populate.templates, "templates"),
         args.populate.templates * (1 + args.populate.objects),
     );
     finish(target, &populated, args.populate.keep, quiet, report).await?;
@@ -123,8 +123,9 @@ pub async fn finish(
     Ok(())
 }
 
-/// The figures and series of a populated run.
-pub fn figures(populated: &Populated, objects: usize, report: &mut Report) {
+/// The figures and series of a populated run; the series' x is seconds after `origin` (the
+/// monitor's start, so all series of a report share one time axis).
+pub fn figures(populated: &Populated, objects: usize, origin: Instant, report: &mut Report) {
     let templates = populated.keys.len();
     let total_s = populated
         .settled
@@ -165,11 +166,16 @@ pub fn figures(populated: &Populated, objects: usize, report: &mut Report) {
             );
         }
     }
+    let offset = populated
+        .started
+        .saturating_duration_since(origin)
+        .as_secs_f64();
     let sent: Vec<f64> = populated
         .sent
         .values()
-        .map(|t| t.saturating_duration_since(populated.started).as_secs_f64())
+        .map(|t| t.saturating_duration_since(origin).as_secs_f64())
         .collect();
+    let completions: Vec<f64> = completions.iter().map(|t| t + offset).collect();
     report.series.push(per_second("created_per_s", &sent));
     report
         .series

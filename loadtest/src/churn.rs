@@ -435,7 +435,7 @@ pub async fn run(
         .series
         .push(burst::per_second("completed_per_s", &done_times));
     report.series.push(burst::cdf("latency_cdf", &all));
-    observed.add_figures(report, changes.len(), 0);
+    observed.add_figures(report, (changes.len(), "changes"), 0);
     report.records.extend(scale_events);
     report.figures.push(
         Figure::new("churn.seconds", churn_s, unit::S)

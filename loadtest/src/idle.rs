@@ -63,12 +63,14 @@ pub async fn run(
 ) -> Result<Vec<Panel>> {
     args.populate.validate()?;
     report.parameters = serde_json::to_value(args).unwrap_or_default();
+    // One monitor for the whole run: the figures cover creating the templates, the series show
+    // the idle window after it.
+    let monitor = Monitor::start(target, Duration::from_secs(1));
     let populated = populate::populate(target, &args.populate, quiet).await?;
     report.problems.extend(populated.problems.iter().cloned());
-    burst::figures(&populated, args.populate.objects, report);
+    burst::figures(&populated, args.populate.objects, monitor.started(), report);
     if populated.problems.is_empty() {
         tokio::time::sleep(Duration::from_secs(args.settle)).await;
-        let monitor = Monitor::start(target, Duration::from_secs(1));
         let window = Window::start(target).await;
         let before = component_writes(target).await;
         let progress = crate::progress::Progress::new("idle", args.window, "seconds", quiet);
@@ -79,8 +81,6 @@ pub async fn run(
         progress.finish();
         let after = component_writes(target).await;
         let audit = window.finish(target, "idle.", report).await;
-        let observed = monitor.stop().await;
-        observed.add_figures(report, 0, 0);
         let writes = match audit {
             Some(audit) => {
                 let ours = audit.ours_without_leases();
@@ -125,11 +125,22 @@ pub async fn run(
             ));
         }
     }
+    let observed = monitor.stop().await;
+    observed.add_figures(
+        report,
+        (args.populate.templates, "templates"),
+        args.populate.templates * (1 + args.populate.objects),
+    );
     burst::finish(target, &populated, args.populate.keep, quiet, report).await?;
     Ok(vec![
+        Panel::new(
+            "Throughput (per second)",
+            "templates/s",
+            &["created_per_s", "completed_per_s"],
+        ),
         Panel::new("Work queue depth (all workers)", "keys", &["queue_depth"]),
         Panel::new(
-            "CPU while idle (cores)",
+            "CPU (cores): creating, then the idle window",
             "cores",
             &["cpu_ours", "cpu_control_plane"],
         ),

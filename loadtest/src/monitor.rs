@@ -63,6 +63,7 @@ impl Default for Observed {
 pub struct Monitor {
     stop: watch::Sender<bool>,
     task: JoinHandle<Observed>,
+    started: Instant,
 }
 
 /// Whether a process is one of ours (not the control plane).
@@ -77,8 +78,8 @@ impl Monitor {
     pub fn start(target: &Target, interval: Duration) -> Self {
         let (stop, mut stopped) = watch::channel(false);
         let mut target = target.clone();
+        let started = Instant::now();
         let task = tokio::spawn(async move {
-            let started = Instant::now();
             let mut first: BTreeMap<(String, u32), ProcSample> = BTreeMap::new();
             let mut last: BTreeMap<(String, u32), ProcSample> = BTreeMap::new();
             let mut peak: BTreeMap<String, u64> = BTreeMap::new();
@@ -156,7 +157,16 @@ impl Monitor {
             }
             observed
         });
-        Self { stop, task }
+        Self {
+            stop,
+            task,
+            started,
+        }
+    }
+
+    /// When sampling started: x = 0 of its series.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// Stops sampling and returns what was seen.
@@ -167,11 +177,13 @@ impl Monitor {
 }
 
 impl Observed {
-    /// Adds the per-process figures to `report`: CPU seconds, CPU seconds per 1,000 templates
-    /// (`templates` > 0) for our processes, peak and final memory; and memory per owned object
+    /// Adds the per-process figures to `report`: CPU seconds, CPU seconds per 1,000 units of
+    /// work (`work` = (count, unit), e.g. templates created or changes made; none when the
+    /// count is 0) for our processes, peak and final memory; and memory per owned object
     /// (`objects` > 0): the growth of the workers' resident memory over the run divided by the
     /// objects they own at its end.
-    pub fn add_figures(&self, report: &mut Report, templates: usize, objects: usize) {
+    pub fn add_figures(&self, report: &mut Report, work: (usize, &str), objects: usize) {
+        let (templates, per) = work;
         if self.processes.is_empty() {
             report.notes.push(
                 "no process was sampled for CPU and memory (not a devcluster; name local ones \
@@ -186,7 +198,7 @@ impl Observed {
             );
             if templates > 0 && is_ours(name) {
                 report.figures.push(Figure::new(
-                    format!("cpu_s_per_1000_templates.{name}"),
+                    format!("cpu_s_per_1000_{per}.{name}"),
                     usage.cpu_s * 1000.0 / templates as f64,
                     unit::S,
                 ));
@@ -206,11 +218,13 @@ impl Observed {
         if templates > 0 && ours > 0.0 {
             report.figures.push(
                 Figure::new(
-                    "cpu_s_per_1000_templates.ours",
+                    format!("cpu_s_per_1000_{per}.ours"),
                     ours * 1000.0 / templates as f64,
                     unit::S,
                 )
-                .describe("CPU seconds of coordinators, workers and webhooks per 1,000 templates"),
+                .describe(format!(
+                    "CPU seconds of coordinators, workers and webhooks per 1,000 {per}"
+                )),
             );
         }
         let workers: Vec<&ProcessUsage> = self
@@ -289,7 +303,7 @@ mod tests {
             );
         }
         let mut report = crate::report::tests_support::minimal("burst");
-        observed.add_figures(&mut report, 500, 20);
+        observed.add_figures(&mut report, (500, "templates"), 20);
         assert_eq!(
             report
                 .figure("cpu_s_per_1000_templates.ours")

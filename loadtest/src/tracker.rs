@@ -20,6 +20,9 @@ use tokio::task::JoinHandle;
 use crate::workload::Key;
 use crate::{Error, Result};
 
+/// Shortest time between two checks of a wait.
+const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
 /// What is known of one template.
 #[derive(Debug, Clone, Default)]
 pub struct TemplateState {
@@ -136,6 +139,7 @@ impl Tracker {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
+            let checked = tokio::time::Instant::now();
             let (count, missing, watch_error) = {
                 let guard = lock(&self.shared);
                 let (count, missing) = check(&guard.templates);
@@ -147,7 +151,11 @@ impl Tracker {
             }
             let sleep = tokio::time::sleep_until(deadline);
             tokio::select! {
-                () = notified => {}
+                () = notified => {
+                    // A check scans every template: at most a few per second, however many
+                    // events arrive (completion times come from the events, not from here).
+                    tokio::time::sleep_until(checked + MIN_CHECK_INTERVAL).await;
+                }
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 () = sleep => {
                     return Err(Error::Cluster(format!(

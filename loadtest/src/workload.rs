@@ -227,12 +227,16 @@ pub async fn cleanup(
             "deleting the policies labelled {selector}"
         )))?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let names: Vec<String> = namespaces
-        .list_metadata(&lp)
-        .await
-        .map_err(kube_error(format!(
-            "listing the namespaces labelled {selector}"
-        )))?
+    let labelled = || async {
+        namespaces
+            .list_metadata(&lp)
+            .await
+            .map_err(kube_error(format!(
+                "listing the namespaces labelled {selector}"
+            )))
+    };
+    let names: Vec<String> = labelled()
+        .await?
         .items
         .into_iter()
         .filter_map(|n| n.metadata.name)
@@ -254,14 +258,7 @@ pub async fn cleanup(
         .await?;
     let deadline = Instant::now() + timeout;
     loop {
-        let left = namespaces
-            .list_metadata(&lp)
-            .await
-            .map_err(kube_error(format!(
-                "listing the namespaces labelled {selector}"
-            )))?
-            .items
-            .len();
+        let left = labelled().await?.items.len();
         progress.set_position(names.len().saturating_sub(left) as u64);
         if left == 0 {
             break;
