@@ -140,18 +140,6 @@ fn worker_state(state: i32) -> &'static str {
     }
 }
 
-fn handoff_reason(reason: i32) -> &'static str {
-    match v1::HandoffReason::try_from(reason) {
-        Ok(v1::HandoffReason::Rebalance) => "rebalance",
-        Ok(v1::HandoffReason::Drain) => "drain",
-        Ok(v1::HandoffReason::WorkerLeaving) => "leaving",
-        Ok(v1::HandoffReason::CoordinatorRestart) => "coordinator-restart",
-        Ok(v1::HandoffReason::WorkerLost) => "worker-lost",
-        Ok(v1::HandoffReason::Assign) => "assign",
-        _ => "-",
-    }
-}
-
 fn bucket_state(state: i32) -> &'static str {
     match BucketState::try_from(state) {
         Ok(BucketState::Owned) => "owned",
@@ -404,7 +392,7 @@ async fn call(
                         .unwrap_or_else(|| "-".to_owned());
                     vec![
                         h.id.clone(),
-                        handoff_reason(h.reason).to_owned(),
+                        proto::handoff_reason_name(h.reason).to_owned(),
                         duration,
                         if h.from.is_empty() {
                             "-".to_owned()

@@ -160,6 +160,7 @@ pub async fn run(
         )
         .await
         .map_err(|e| Error::Cluster(format!("creating namespace {baseline_ns}: {e}")))?;
+    // `Workload::new` above made exactly one namespace.
     let ns = workload.namespaces[0].clone();
     let kt = workload.template(&(ns.clone(), "dry".to_owned()), "0")?;
     let api: Api<KubeTemplate> = Api::namespaced(client.clone(), &ns);

@@ -253,6 +253,7 @@ pub async fn run(
             .map_or(Kind::Update, |(k, _)| *k);
         let key = match kind {
             Kind::Create => {
+                // `keys(_, 1)` returns exactly one key (the workload has namespaces).
                 let key = populated.workload.keys(next_name, 1).remove(0);
                 next_name += 1;
                 Some(key)

@@ -121,18 +121,6 @@ async fn leader(urls: &str) -> Result<AdminServiceClient<tonic::transport::Chann
     Err(Error::Cluster(format!("no coordinator leads: {last}")))
 }
 
-fn reason(r: i32) -> &'static str {
-    match v1::HandoffReason::try_from(r) {
-        Ok(v1::HandoffReason::Rebalance) => "rebalance",
-        Ok(v1::HandoffReason::Drain) => "drain",
-        Ok(v1::HandoffReason::WorkerLeaving) => "leaving",
-        Ok(v1::HandoffReason::CoordinatorRestart) => "coordinator_restart",
-        Ok(v1::HandoffReason::WorkerLost) => "worker_lost",
-        Ok(v1::HandoffReason::Assign) => "assign",
-        _ => "unknown",
-    }
-}
-
 /// Runs `rebalance`.
 pub async fn run(
     target: &mut Target,
@@ -229,7 +217,7 @@ pub async fn run(
     }
     for h in &ours {
         report.records.push(serde_json::json!({
-            "handoff": h.id, "reason": reason(h.reason), "from": h.from, "to": h.to,
+            "handoff": h.id, "reason": proto::handoff_reason_name(h.reason), "from": h.from, "to": h.to,
             "buckets": h.buckets.len(),
             "ms": h.duration.and_then(|d| Duration::try_from(d).ok()).map(|d| d.as_secs_f64() * 1000.0),
         }));

@@ -172,6 +172,20 @@ envelope!(
     Revoke
 );
 
+/// A handoff reason's short name, as `ktctl handoffs` and loadtest reports show it (`-` for a
+/// value this build does not know).
+pub fn handoff_reason_name(reason: i32) -> &'static str {
+    match v1::HandoffReason::try_from(reason) {
+        Ok(v1::HandoffReason::Rebalance) => "rebalance",
+        Ok(v1::HandoffReason::Drain) => "drain",
+        Ok(v1::HandoffReason::WorkerLeaving) => "leaving",
+        Ok(v1::HandoffReason::CoordinatorRestart) => "coordinator-restart",
+        Ok(v1::HandoffReason::WorkerLost) => "worker-lost",
+        Ok(v1::HandoffReason::Assign) => "assign",
+        _ => "-",
+    }
+}
+
 impl v1::Welcome {
     /// `load_report_interval`, or [`DEFAULT_LOAD_REPORT_INTERVAL`] when unset, zero, or negative.
     pub fn load_report_interval_or_default(&self) -> Duration {
@@ -222,6 +236,20 @@ impl v1::ListHandoffsRequest {
 mod tests {
     use super::v1::{BucketEpoch, Welcome, WorkerMessage, worker_message};
     use super::*;
+
+    #[test]
+    fn handoff_reasons_have_short_names() {
+        assert_eq!(
+            handoff_reason_name(v1::HandoffReason::CoordinatorRestart as i32),
+            "coordinator-restart"
+        );
+        assert_eq!(
+            handoff_reason_name(v1::HandoffReason::WorkerLeaving as i32),
+            "leaving"
+        );
+        assert_eq!(handoff_reason_name(0), "-");
+        assert_eq!(handoff_reason_name(9_999), "-");
+    }
 
     #[test]
     fn bucket_epoch_converts_from_and_to_pairs() {
