@@ -231,10 +231,21 @@ mod tests {
         .unwrap()
     }
 
+    /// A template at `generation` whose status says Completed for `observed` with `synced` of
+    /// `total` resources.
+    fn completed(generation: i64, observed: i64, total: i64, synced: i64) -> KubeTemplate {
+        kt(
+            generation,
+            serde_json::json!({"processingPhase": "Completed", "observedGeneration": observed,
+                               "resourcesTotal": total, "resourcesSynced": synced}),
+        )
+    }
+
     #[test]
     fn completion_needs_the_generation_and_all_resources() {
         let mut shared = Shared::default();
         let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(1);
         let key = ("ns".to_owned(), "t0".to_owned());
         observe(
             &mut shared,
@@ -243,46 +254,12 @@ mod tests {
         );
         assert!(shared.templates[&key].completed.is_empty());
         assert_eq!(shared.templates[&key].bucket.as_deref(), Some("7"));
-        // The status of generation 1 does not complete generation 2.
-        observe(
-            &mut shared,
-            &kt(
-                2,
-                serde_json::json!({"processingPhase": "Completed", "observedGeneration": 1,
-                                       "resourcesTotal": 1, "resourcesSynced": 1}),
-            ),
-            t0,
-        );
+        // The status of generation 1 does not complete generation 2, nor does a partial sync.
+        observe(&mut shared, &completed(2, 1, 1, 1), t0);
+        observe(&mut shared, &completed(2, 2, 2, 1), t0);
         assert!(shared.templates[&key].completed.is_empty());
-        observe(
-            &mut shared,
-            &kt(
-                2,
-                serde_json::json!({"processingPhase": "Completed", "observedGeneration": 2,
-                                       "resourcesTotal": 2, "resourcesSynced": 1}),
-            ),
-            t0,
-        );
-        assert!(shared.templates[&key].completed.is_empty());
-        observe(
-            &mut shared,
-            &kt(
-                2,
-                serde_json::json!({"processingPhase": "Completed", "observedGeneration": 2,
-                                       "resourcesTotal": 2, "resourcesSynced": 2}),
-            ),
-            t0,
-        );
-        let later = t0 + Duration::from_secs(1);
-        observe(
-            &mut shared,
-            &kt(
-                2,
-                serde_json::json!({"processingPhase": "Completed", "observedGeneration": 2,
-                                       "resourcesTotal": 2, "resourcesSynced": 2}),
-            ),
-            later,
-        );
+        observe(&mut shared, &completed(2, 2, 2, 2), t0);
+        observe(&mut shared, &completed(2, 2, 2, 2), later);
         assert_eq!(
             shared.templates[&key].completed[&2], t0,
             "the first sighting counts"
@@ -293,7 +270,7 @@ mod tests {
             &kt(
                 3,
                 serde_json::json!({"processingPhase": "Failed", "observedGeneration": 3,
-                                       "status": "Error: denied"}),
+                                   "status": "Error: denied"}),
             ),
             later,
         );
