@@ -146,8 +146,8 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
     (!out.is_empty()).then(|| out.to_owned())
 }
 
-/// A `Name:   1234 kB` line of `/proc/meminfo` or `/proc/self/status`, in bytes.
-fn kib_field(text: &str, name: &str) -> Option<u64> {
+/// A `Name:   1234 kB` line of `/proc/meminfo` or `/proc/<pid>/status`, in bytes.
+pub(crate) fn kib_field(text: &str, name: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(name))?;
     let kib: u64 = line[name.len()..].split_whitespace().next()?.parse().ok()?;
     kib.checked_mul(1024)

@@ -41,13 +41,7 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 fn rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line["VmRSS:".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    kib.checked_mul(1024)
+    crate::host::kib_field(status, "VmRSS:")
 }
 
 #[cfg(test)]
