@@ -90,11 +90,13 @@ pub struct TenantRegistrySpec {
     /// templates, e.g. `{ planId: plan_id }` gives `{{ .planId }}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra_value_mappings: BTreeMap<String, String>,
-    /// Optional brake against mass deletion when the table suddenly returns far fewer rows (a
-    /// wrong table, an emptied table, a broken replica). When set, a sync that would delete more
-    /// Tenants than allowed deletes none of them, keeps creating and updating the others, and sets
-    /// the registry's `DeletionBlocked` condition until the rows come back or the limit is
-    /// raised. When absent there is no limit, as in the original operator.
+    /// Brake against mass deletion when the table suddenly returns far fewer rows (a wrong
+    /// table, an emptied table, a broken replica). A sync that would delete more Tenants than
+    /// allowed deletes none of them, keeps creating and updating the others, and sets the
+    /// registry's `DeletionBlocked` condition until the rows come back, the limit is raised, or
+    /// the registry is annotated `kubetemplater.io/confirm-deletions=<count>` with the count the
+    /// condition names. When absent, only an empty result is held back (`blockOnEmptyResult`);
+    /// the original operator had no brake.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_safety: Option<DeletionSafety>,
 }
@@ -322,7 +324,8 @@ pub struct ValueMappings {
     pub activate: String,
 }
 
-/// Limits on how many Tenants one registry sync may delete.
+/// Limits on how many Tenants one registry sync may delete. The default holds back only an
+/// empty result.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeletionSafety {
@@ -339,6 +342,16 @@ pub struct DeletionSafety {
     /// Default true.
     #[serde(default = "default_true")]
     pub block_on_empty_result: bool,
+}
+
+impl Default for DeletionSafety {
+    fn default() -> Self {
+        Self {
+            max_delete_percent: None,
+            max_delete_count: None,
+            block_on_empty_result: true,
+        }
+    }
 }
 
 /// Observed state of a TenantRegistry.
