@@ -510,7 +510,9 @@ mod tests {
                 "{name} has a line break"
             );
         }
-        assert!(yaml.contains("Optional brake against mass deletion"));
+        assert!(yaml.contains(
+            "Brake against mass deletion when the table suddenly returns far fewer rows"
+        ));
     }
 
     #[test]
