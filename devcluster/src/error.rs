@@ -156,6 +156,63 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
+
+    /// A database server (MariaDB, PostgreSQL) could not be prepared, started, reached or stopped.
+    #[error("{engine}: {step} failed: {message}")]
+    Database {
+        /// The engine (`mariadb`, `postgresql`).
+        engine: &'static str,
+        /// The step that failed (e.g. `initializing the data directory`).
+        step: String,
+        /// What went wrong, with the last log lines where there is a log.
+        message: String,
+    },
+
+    /// A database engine's programs are missing and cannot be installed from here.
+    #[error(
+        "{engine}: {missing} not found, and devcluster installs packages only when running as \
+         root; install them with `sudo apt-get install -y --no-install-recommends {packages}`, or \
+         set {env} to the admin URL of an existing server"
+    )]
+    DatabasePackagesMissing {
+        /// The engine (`mariadb`, `postgresql`).
+        engine: &'static str,
+        /// The programs that were looked for.
+        missing: String,
+        /// The Debian packages that provide them, space-separated.
+        packages: String,
+        /// The environment variable that points the tests at an existing server instead.
+        env: &'static str,
+    },
+
+    /// `apt-get install` failed (also after an `apt-get update`).
+    #[error(
+        "installing {packages} with apt-get failed ({status}), also after `apt-get update`; \
+         log: {log}\n--- last lines ---\n{tail}"
+    )]
+    InstallFailed {
+        /// The Debian packages, space-separated.
+        packages: String,
+        /// Exit status of the last `apt-get` run.
+        status: String,
+        /// The log with apt-get's output.
+        log: PathBuf,
+        /// The last lines of that log.
+        tail: String,
+    },
+
+    /// SQL run through a database's command-line client failed (or could not connect).
+    #[error("{engine}: {session} failed ({status}):\n{stderr}")]
+    Sql {
+        /// The engine (`mariadb`, `postgresql`).
+        engine: &'static str,
+        /// The client, user and database (`` `psql` as user `app` on database `orders` ``).
+        session: String,
+        /// The client's exit status.
+        status: String,
+        /// Its error output (the server's error message).
+        stderr: String,
+    },
 }
 
 /// Result alias for devcluster.

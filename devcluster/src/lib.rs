@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod cluster;
+pub mod database;
 mod error;
 pub mod kubeconfig;
 pub mod layout;
