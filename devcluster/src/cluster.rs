@@ -1,5 +1,7 @@
 //! Starting, finding and stopping one local control plane: etcd, kube-apiserver,
-//! kube-controller-manager and (optionally) Jaeger.
+//! kube-controller-manager, kwok with its fake Nodes, kube-scheduler and (optionally) Jaeger.
+
+pub mod kwok;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -7,7 +9,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -443,12 +445,11 @@ impl Drop for DirLock {
 /// stopped again.
 pub async fn start(config: &ClusterConfig) -> Result<Cluster> {
     let layout = &config.layout;
-    let tools: &[toolchain::Tool] = if config.jaeger {
-        &toolchain::Tool::ALL
-    } else {
-        &toolchain::Tool::ALL[..2]
-    };
-    toolchain::ensure_tools_built(layout, tools)?;
+    let tools: Vec<toolchain::Tool> = toolchain::Tool::ALL
+        .into_iter()
+        .filter(|&t| config.jaeger || t != toolchain::Tool::Jaeger)
+        .collect();
+    toolchain::ensure_tools_built(layout, &tools)?;
     let _lock = DirLock::acquire(layout)?;
     if let Some(existing) = Endpoints::load(layout)? {
         if existing.is_live().await {
@@ -510,7 +511,7 @@ async fn start_fresh(config: &ClusterConfig, started: &mut Vec<Started>) -> Resu
         &layout.log("etcd"),
     )?;
     let etcd_health = format!("{etcd_url}/health");
-    let result = wait_ready(config, "etcd", &mut etcd, || {
+    let result = wait_ready(config, "etcd", &mut etcd, started, || {
         probe_http(&http, &etcd_health)
     })
     .await;
@@ -532,7 +533,7 @@ async fn start_fresh(config: &ClusterConfig, started: &mut Vec<Started>) -> Resu
         .identity("admin")
         .map(|i| i.token.clone())
         .unwrap_or_default();
-    let result = wait_ready(config, "kube-apiserver", &mut apiserver, || {
+    let result = wait_ready(config, "kube-apiserver", &mut apiserver, started, || {
         probe_readyz(&http, &apiserver_url, &admin)
     })
     .await;
@@ -561,17 +562,75 @@ async fn start_fresh(config: &ClusterConfig, started: &mut Vec<Started>) -> Resu
         &layout.log("kube-controller-manager"),
     )?;
     let client = client_from_kubeconfig(&layout.admin_kubeconfig()).await?;
-    let sas: kube::Api<ServiceAccount> = kube::Api::namespaced(client, "default");
-    let result = wait_ready(config, "kube-controller-manager", &mut kcm, || async {
-        match sas.get_opt("default").await {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err("serviceaccount default/default not created yet".to_string()),
-            Err(e) => Err(e.to_string()),
-        }
-    })
+    let sas: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), "default");
+    let result = wait_ready(
+        config,
+        "kube-controller-manager",
+        &mut kcm,
+        started,
+        || async {
+            match sas.get_opt("default").await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err("serviceaccount default/default not created yet".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
     .await;
     started.push(kcm);
     result?;
+
+    // kwok, ready once it has made the fake Nodes Ready.
+    let kwok_dir = config_dir.join("kwok");
+    fs::create_dir_all(&kwok_dir).map_err(Error::io("creating", &kwok_dir))?;
+    let kwok_config = kwok_dir.join("kwok.yaml");
+    fs::write(&kwok_config, kwok::STAGES).map_err(Error::io("writing", &kwok_config))?;
+    let mut kwok_process = process::spawn_with_env(
+        "kwok",
+        &layout.bin("kwok"),
+        &kwok::kwok_args(&layout.kubeconfig_for("kwok"), &kwok_config),
+        &[("KWOK_WORKDIR".to_string(), kwok_dir.display().to_string())],
+        &layout.log("kwok"),
+    )?;
+    let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+    let result = match kwok::create_fake_nodes(&nodes).await {
+        Ok(()) => {
+            wait_ready(config, "kwok", &mut kwok_process, started, || {
+                kwok::fake_nodes_ready(&nodes)
+            })
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    started.push(kwok_process);
+    result?;
+
+    // kube-scheduler, ready once a probe pod is scheduled on a fake Node and kwok made it Ready.
+    let scheduler_config = config_dir.join("kube-scheduler.yaml");
+    fs::write(
+        &scheduler_config,
+        kwok::scheduler_config_yaml(&layout.kubeconfig_for("kube-scheduler")),
+    )
+    .map_err(Error::io("writing", &scheduler_config))?;
+    let mut scheduler = process::spawn(
+        "kube-scheduler",
+        &layout.bin("kube-scheduler"),
+        &kwok::scheduler_args(&scheduler_config),
+        &layout.log("kube-scheduler"),
+    )?;
+    let probe_pods = kwok::probe_pods(client.clone());
+    let result = match kwok::create_probe_pod(&probe_pods).await {
+        Ok(()) => {
+            wait_ready(config, "kube-scheduler", &mut scheduler, started, || {
+                kwok::probe_pod_ready(&probe_pods)
+            })
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    started.push(scheduler);
+    result?;
+    kwok::delete_probe_pod(&probe_pods).await?;
 
     // Jaeger
     let jaeger = if config.jaeger {
@@ -594,7 +653,7 @@ async fn start_fresh(config: &ClusterConfig, started: &mut Vec<Started>) -> Resu
                 action: "building an HTTP client",
                 source,
             })?;
-        let result = wait_ready(config, "jaeger", &mut jaeger, || {
+        let result = wait_ready(config, "jaeger", &mut jaeger, started, || {
             probe_http(&plain, &services)
         })
         .await;
@@ -627,10 +686,13 @@ async fn start_fresh(config: &ClusterConfig, started: &mut Vec<Started>) -> Resu
     })
 }
 
+/// Waits until `probe` succeeds for `process`, failing at once when it or any process started
+/// before it (`earlier`) exits.
 async fn wait_ready<F, Fut>(
     config: &ClusterConfig,
     component: &'static str,
     process: &mut Started,
+    earlier: &mut [Started],
     probe: F,
 ) -> Result<()>
 where
@@ -641,6 +703,9 @@ where
     let mut last = String::from("not probed yet");
     while started.elapsed() < config.ready_timeout {
         process.check_running()?;
+        for p in earlier.iter_mut() {
+            p.check_running()?;
+        }
         match probe().await {
             Ok(()) => return Ok(()),
             Err(e) => last = e,
@@ -699,7 +764,10 @@ fn apiserver_args(
         "--service-cluster-ip-range=10.0.0.0/16".into(),
         // The ServiceAccount admission plugin rejects pods in namespaces whose `default`
         // ServiceAccount the controller has not created yet; envtest disables it too.
-        "--disable-admission-plugins=ServiceAccount".into(),
+        // TaintNodesByCondition gives every new Node the not-ready NoSchedule taint, which only
+        // the node-lifecycle controller (not run here) removes: kwok's fake Nodes would never
+        // take a pod.
+        "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition".into(),
         format!("--audit-policy-file={}", p(audit_policy)),
         format!("--audit-log-path={}", p(&layout.audit_log())),
         "--audit-log-mode=blocking".into(),

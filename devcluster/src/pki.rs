@@ -35,8 +35,9 @@ pub const WORKER_IDENTITIES: usize = 16;
 
 /// The identities devcluster provisions: `(name, user, groups)`.
 ///
-/// `admin` and the controller manager are in `system:masters`; our components are in their own
-/// groups and get only what RBAC grants those groups.
+/// `admin`, the controller manager and kwok are in `system:masters`; kube-scheduler gets what the
+/// built-in bindings grant `system:kube-scheduler`; our components are in their own groups and get
+/// only what RBAC grants those groups.
 pub fn identity_specs() -> Vec<(String, String, Vec<String>)> {
     let mut specs = vec![
         (
@@ -53,6 +54,13 @@ pub fn identity_specs() -> Vec<(String, String, Vec<String>)> {
             "kube-scheduler".to_string(),
             "system:kube-scheduler".to_string(),
             vec![],
+        ),
+        // kwok plays every kubelet of the fake Nodes (node and pod status, pod deletion); like
+        // the controller manager it runs as a control-plane component.
+        (
+            "kwok".to_string(),
+            "devcluster:kwok".to_string(),
+            vec!["system:masters".to_string()],
         ),
     ];
     let component = |name: String, group: &str| {

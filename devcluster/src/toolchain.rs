@@ -20,6 +20,9 @@ use crate::process::tail_of;
 /// so `kubectl version` reports it.
 pub const KUBERNETES_VERSION: &str = "v1.36.3";
 
+/// The kwok version pinned in `devcluster/go/kwok/go.mod`.
+pub const KWOK_VERSION: &str = "v0.8.0";
+
 /// One tool module and the binaries it yields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {
@@ -27,19 +30,23 @@ pub enum Tool {
     Kubernetes,
     /// The etcd server.
     Etcd,
+    /// kwok: plays the kubelet's part for fake Nodes (node and pod status), so scheduled pods
+    /// become Running and Ready without a kubelet.
+    Kwok,
     /// Jaeger all-in-one (collector + in-memory storage + query).
     Jaeger,
 }
 
 impl Tool {
     /// Every tool, in build order.
-    pub const ALL: [Tool; 3] = [Tool::Kubernetes, Tool::Etcd, Tool::Jaeger];
+    pub const ALL: [Tool; 4] = [Tool::Kubernetes, Tool::Etcd, Tool::Kwok, Tool::Jaeger];
 
     /// The tool's name (its module directory).
     pub fn name(self) -> &'static str {
         match self {
             Tool::Kubernetes => "kubernetes",
             Tool::Etcd => "etcd",
+            Tool::Kwok => "kwok",
             Tool::Jaeger => "jaeger",
         }
     }
@@ -54,6 +61,7 @@ impl Tool {
                 "k8s.io/kubernetes/cmd/kubectl",
             ],
             Tool::Etcd => &["go.etcd.io/etcd/server/v3"],
+            Tool::Kwok => &["sigs.k8s.io/kwok/cmd/kwok"],
             Tool::Jaeger => &["github.com/jaegertracing/jaeger/cmd/jaeger"],
         }
     }
@@ -68,6 +76,7 @@ impl Tool {
                 "kubectl",
             ],
             Tool::Etcd => &["etcd"],
+            Tool::Kwok => &["kwok"],
             Tool::Jaeger => &["jaeger"],
         }
     }
@@ -89,7 +98,8 @@ impl Tool {
                 }
                 flags
             }
-            Tool::Etcd | Tool::Jaeger => "-s -w".to_string(),
+            // kwok's own version (`sigs.k8s.io/kwok/pkg/consts.Version`) is set in its source.
+            Tool::Etcd | Tool::Kwok | Tool::Jaeger => "-s -w".to_string(),
         }
     }
 
@@ -296,5 +306,14 @@ mod tests {
             replaces.iter().all(|l| l.trim_end().ends_with(&v0)),
             "{replaces:?}"
         );
+    }
+
+    #[test]
+    fn kwok_module_pins_the_constant_and_its_tool() {
+        let gomod = fs::read_to_string(Tool::Kwok.module_dir().join("go.mod")).unwrap();
+        assert!(gomod.contains(&format!("sigs.k8s.io/kwok {KWOK_VERSION}")));
+        assert!(gomod.contains("tool sigs.k8s.io/kwok/cmd/kwok"), "{gomod}");
+        assert_eq!(Tool::Kwok.binaries(), ["kwok"]);
+        assert!(Tool::ALL.contains(&Tool::Kwok));
     }
 }

@@ -9,9 +9,18 @@ async fn private_cluster_starts_serves_and_stops_cleanly() {
         .expect("private devcluster starts");
     let endpoints = cluster.endpoints().clone();
     assert_eq!(
-        endpoints.processes.len(),
-        3,
-        "etcd, kube-apiserver, kube-controller-manager"
+        endpoints
+            .processes
+            .iter()
+            .map(|p| p.component.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kwok",
+            "kube-scheduler"
+        ]
     );
     assert!(endpoints.is_live().await);
 
@@ -69,7 +78,11 @@ async fn private_cluster_with_jaeger_serves_the_query_api_on_loopback() {
         "{services}"
     );
     let pids: Vec<_> = cluster.endpoints().processes.clone();
-    assert_eq!(pids.len(), 4);
+    assert_eq!(
+        pids.len(),
+        6,
+        "the control plane, kwok, kube-scheduler and Jaeger"
+    );
     drop(cluster);
     assert!(pids.iter().all(|p| !p.is_alive()));
 }
