@@ -57,6 +57,14 @@ pub struct Args {
     #[arg(long, env = "KT_LEASE_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
     pub retry_period: Duration,
 
+    /// TenantRegistries synced at once by the leader (the original's `--registry-concurrency`).
+    #[arg(long, env = "KT_REGISTRY_CONCURRENCY", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    pub registry_concurrency: u16,
+
+    /// Tenant writes in flight per registry sync.
+    #[arg(long, env = "KT_TENANT_WRITE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub tenant_write_concurrency: u16,
+
     #[command(flatten)]
     pub admin: AdminArgs,
 

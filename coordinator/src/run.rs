@@ -21,6 +21,7 @@ use runtime::lease::{
     self, LeaderElector, LeaderExit, LeaseConfig, LeaseError, WORKER_LEASE_SELECTOR,
 };
 use telemetry::{AdminServer, AdminState, Readiness, Registry, TelemetryGuard};
+use tenant::metrics::RegistryMetrics;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -83,8 +84,13 @@ pub async fn run(
     let client = kube::Client::try_from(kube_config.clone()).map_err(RunError::Client)?;
     let elector = LeaderElector::new(kube_config, lease_config)?;
 
-    let mut registry = Registry::with_prefix("kubetemplater");
-    let metrics = Metrics::register(&mut registry);
+    // The root has no prefix: the tenant gauges keep the original's names (registry_desired …).
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(registry.sub_registry_with_prefix("kubetemplater"));
+    let tenant_metrics = RegistryMetrics::register(&mut registry, {
+        let metrics = metrics.clone();
+        Arc::new(move |verb| metrics.observe_write(verb))
+    });
     metrics.set_leader(false);
     let readiness = Readiness::new();
     for check in [READY_GRPC, READY_COUNTS] {
@@ -184,6 +190,7 @@ pub async fn run(
         buckets,
         counts: &counts,
         metrics: &metrics,
+        tenant_metrics: &tenant_metrics,
         events: events_tx,
         leadership: &leadership_tx,
         snapshot: &snapshot_tx,
@@ -236,6 +243,7 @@ struct Term<'a> {
     buckets: NonZeroU32,
     counts: &'a BucketCounts,
     metrics: &'a Metrics,
+    tenant_metrics: &'a RegistryMetrics,
     events: mpsc::Sender<Event>,
     leadership: &'a watch::Sender<Option<Leadership>>,
     snapshot: &'a watch::Sender<Snapshot>,
@@ -326,6 +334,19 @@ impl Term<'_> {
                 .await;
             }
         };
+
+        // Tenants: the registries' tables → Tenant objects, for as long as this term lasts.
+        tokio::spawn({
+            let mut config = tenant::registry::Config::new(self.buckets, self.args.id.clone());
+            config.concurrency = usize::from(self.args.registry_concurrency);
+            config.write_concurrency = usize::from(self.args.tenant_write_concurrency);
+            tenant::registry::run(
+                self.client.clone(),
+                config,
+                self.tenant_metrics.clone(),
+                cancel.clone(),
+            )
+        });
 
         self.leadership.send_replace(Some(Leadership {
             id: self.args.id.clone(),

@@ -3,6 +3,13 @@
 //! - [`datasource`]: read the active rows of a registry's table (MySQL/MariaDB, PostgreSQL,
 //!   SQLite)
 //! - [`sync`]: which Tenants one registry sync writes and deletes, and the deletion brake
+//! - [`registry`]: the registry controller the coordinator leader runs (watches, syncs,
+//!   statuses, events)
+//! - [`metrics`]: its metrics, the original's names kept
+//! - [`conditions`]: status conditions without needless writes
 
+pub mod conditions;
 pub mod datasource;
+pub mod metrics;
+pub mod registry;
 pub mod sync;

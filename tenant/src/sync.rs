@@ -59,6 +59,10 @@ pub struct ExistingTenant {
     pub has_bucket: bool,
     /// Its Ready condition is True.
     pub ready: bool,
+    /// Being deleted (it has a deletion timestamp).
+    pub deleting: bool,
+    /// `spec.templateRef`.
+    pub template: String,
 }
 
 /// Digest of what a Tenant is rendered from: the row's values and the template generation.
@@ -147,6 +151,8 @@ pub struct Plan {
     pub desired: usize,
     /// Tenants already as desired.
     pub unchanged: usize,
+    /// Desired Tenants still being deleted, written again once they are gone.
+    pub waiting: usize,
 }
 
 /// Decides one sync. `existing` holds the registry's Tenants by name; `confirmed` is the value of
@@ -204,12 +210,17 @@ pub fn plan(
             wanted.insert(name.clone());
             let generation = template.generation.to_string();
             let digest = inputs_digest(&row.host_or_url, &row.activate, &extra, &generation);
-            if existing
-                .get(&name)
-                .is_some_and(|e| e.inputs == digest && e.has_bucket)
-            {
-                plan.unchanged += 1;
-                continue;
+            match existing.get(&name) {
+                Some(e) if e.deleting => {
+                    // Written again once it is gone (its deletion triggers a sync).
+                    plan.waiting += 1;
+                    continue;
+                }
+                Some(e) if e.inputs == digest && e.has_bucket => {
+                    plan.unchanged += 1;
+                    continue;
+                }
+                _ => {}
             }
             match tenant(
                 registry,
@@ -231,12 +242,13 @@ pub fn plan(
         }
     }
     let mut deletes: Vec<String> = existing
-        .keys()
-        .filter(|name| !wanted.contains(*name))
-        .cloned()
+        .iter()
+        .filter(|(name, e)| !e.deleting && !wanted.contains(*name))
+        .map(|(name, _)| name.clone())
         .collect();
     deletes.sort();
-    plan.blocked = brake(safety, existing.len(), deletes.len(), rows.len(), confirmed);
+    let live = existing.values().filter(|e| !e.deleting).count();
+    plan.blocked = brake(safety, live, deletes.len(), rows.len(), confirmed);
     if plan.blocked.is_none() {
         plan.deletes = deletes;
     }

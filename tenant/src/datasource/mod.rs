@@ -407,12 +407,17 @@ impl Source {
                 Pool::Sqlite(pool) => self.collect(sqlx::query(&self.query).fetch(pool)).await,
             }
         };
-        let rows = tokio::time::timeout(timeout, read)
-            .await
-            .map_err(|_| SourceError::Timeout {
-                seconds: timeout.as_secs(),
-            })?
-            .map_err(|e| self.classify(e))?;
+        let rows = match tokio::time::timeout(timeout, read).await {
+            Err(_) => {
+                return Err(SourceError::Timeout {
+                    seconds: timeout.as_secs(),
+                });
+            }
+            // The pool hides why it could not connect: one direct attempt tells.
+            Ok(Err(sqlx::Error::PoolTimedOut)) => return Err(self.diagnose().await),
+            Ok(Err(error)) => return Err(self.classify(error)),
+            Ok(Ok(rows)) => rows,
+        };
         tracing::debug!(
             address = %self.settings.address,
             total = rows.total,
@@ -447,6 +452,29 @@ impl Source {
             }
         }
         Ok(rows)
+    }
+
+    /// Why no connection could be made: one connection attempt outside the pool, classified.
+    async fn diagnose(&self) -> SourceError {
+        use sqlx::ConnectOptions as _;
+        let attempt = async {
+            match &self.settings.connect {
+                Connect::MySql(options) => options.connect().await.map(|_| ()),
+                Connect::Postgres(options) => options.connect().await.map(|_| ()),
+                Connect::Sqlite(options) => options.connect().await.map(|_| ()),
+            }
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(Err(error)) => self.classify(error),
+            // Connected now, or still hanging: report the pool's view.
+            Ok(Ok(())) | Err(_) => SourceError::Unreachable {
+                address: self.settings.address.clone(),
+                detail: format!(
+                    "no connection within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            },
+        }
     }
 
     /// Closes the pool's connections.

@@ -50,6 +50,8 @@ fn existing_of(tenants: &[Tenant]) -> HashMap<String, ExistingTenant> {
                         .as_ref()
                         .is_some_and(|l| l.contains_key(LABEL_BUCKET)),
                     ready: false,
+                    deleting: false,
+                    template: t.spec.template_ref.clone(),
                 },
             )
         })
@@ -346,4 +348,24 @@ fn a_missing_variable_fails_that_tenant_only() {
         "{problem}"
     );
     assert_eq!(plan.desired, 2);
+}
+
+#[test]
+fn tenants_being_deleted_are_neither_deleted_again_nor_rewritten() {
+    let fixture = Fixture::new();
+    let rows = vec![
+        row("acme", "a.example.com", "gold"),
+        row("beta", "b.example.com", "gold"),
+    ];
+    let mut existing = existing_of(&run(&fixture.templates(1), &rows, &HashMap::new()).writes);
+    for name in ["acme-web", "beta-web"] {
+        existing.get_mut(name).expect(name).deleting = true;
+    }
+    // acme's row changed: its web Tenant is on its way out, so it waits.
+    let mut changed = rows.clone();
+    changed[0].host_or_url = "new.example.com".into();
+    let plan = run(&fixture.templates(1), &changed[..1], &existing);
+    assert_eq!(names(&plan.writes), ["acme-api"]);
+    assert_eq!(plan.waiting, 1);
+    assert_eq!(plan.deletes, ["beta-api"], "beta-web is already going");
 }
