@@ -469,10 +469,7 @@ impl Source {
             // Connected now, or still hanging: report the pool's view.
             Ok(Ok(())) | Err(_) => SourceError::Unreachable {
                 address: self.settings.address.clone(),
-                detail: format!(
-                    "no connection within {} s",
-                    CONNECT_TIMEOUT.as_secs()
-                ),
+                detail: format!("no connection within {} s", CONNECT_TIMEOUT.as_secs()),
             },
         }
     }
