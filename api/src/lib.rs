@@ -8,8 +8,9 @@
 //!
 //! [`crds`] returns the CustomResourceDefinitions; [`write_crds`] and [`check_crds`] keep the
 //! copy in `deploy/crds/` up to date. Well-known labels, annotations, finalizers and phases are in
-//! [`constants`].
+//! [`constants`]; [`conditions`] sets status conditions without moving their transition times.
 
+pub mod conditions;
 pub mod constants;
 pub mod crdgen;
 pub mod kubetemplater;

@@ -583,6 +583,10 @@ pub struct TenantStatus {
     /// objects removed from the template.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub applied_resources: Vec<String>,
+    /// Digest of the spec and row values last applied completely. A Tenant whose digest is
+    /// unchanged and that is Ready is not applied again (no API call while idle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_hash: Option<String>,
     /// Latest observations (Ready, Progressing, Conflicted, Degraded), one per type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend(

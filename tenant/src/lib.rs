@@ -6,9 +6,7 @@
 //! - [`registry`]: the registry controller the coordinator leader runs (watches, syncs,
 //!   statuses, events)
 //! - [`metrics`]: its metrics, the original's names kept
-//! - [`conditions`]: status conditions without needless writes
 
-pub mod conditions;
 pub mod datasource;
 pub mod metrics;
 pub mod registry;

@@ -171,6 +171,19 @@ impl Applier {
         &self.writes
     }
 
+    /// The client it reads and writes with.
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    /// The `apiVersion` this process resolved for `kind` (any group), if it resolved one.
+    pub fn api_version_of_kind(&self, kind: &str) -> Option<String> {
+        self.read()
+            .keys()
+            .find(|(_, k)| k == kind)
+            .map(|(api_version, _)| api_version.clone())
+    }
+
     /// Discovery for `api_version`/`kind`, cached (one request per kind per process; a kind that
     /// is not found is asked again next time, as a CRD may have been installed meanwhile).
     pub async fn resolve(&self, api_version: &str, kind: &str) -> Result<Resolved, ApplyError> {
@@ -205,7 +218,8 @@ impl Applier {
         self.kinds.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn api(&self, resolved: &Resolved, namespace: Option<&str>) -> Api<DynamicObject> {
+    /// An `Api` for a resolved kind: namespaced to `namespace` when the kind is namespaced.
+    pub fn api(&self, resolved: &Resolved, namespace: Option<&str>) -> Api<DynamicObject> {
         match namespace {
             Some(ns) if resolved.namespaced => {
                 Api::namespaced_with(self.client.clone(), ns, &resolved.resource)

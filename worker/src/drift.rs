@@ -64,7 +64,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::watches::{CHUNK, TemplateKey};
+use crate::watches::{CHUNK, Kind, TemplateKey};
 
 /// Capacity of the channel from the drift watches to the pipeline.
 pub const CHANNEL: usize = 256;
@@ -176,6 +176,7 @@ pub fn owner_of(meta: &ObjectMeta) -> Option<TemplateKey> {
     let labels = meta.labels.as_ref()?;
     Some(TemplateKey {
         bucket: labels.get(LABEL_BUCKET)?.parse().ok()?,
+        kind: Kind::Template,
         namespace: labels
             .get(LABEL_TEMPLATE_NAMESPACE)
             .filter(|s| !s.is_empty())?
@@ -721,6 +722,7 @@ mod tests {
             owner_of(&meta),
             Some(TemplateKey {
                 bucket: 17,
+                kind: Kind::Template,
                 namespace: "team-a".into(),
                 name: "web".into()
             })

@@ -10,6 +10,7 @@ pub mod queue;
 pub mod reconcile;
 pub mod run;
 pub mod session;
+pub mod tenant;
 pub mod watches;
 pub mod writes;
 

@@ -37,7 +37,8 @@ use crate::metrics::Metrics;
 use crate::queue::{Added, Priority, QueueConfig, QueueKey, QueueObserver, Work, WorkQueue};
 use crate::reconcile::{Outcome, ReconcileError, Reconciler, Trigger};
 use crate::session::BucketHost;
-use crate::watches::{TemplateEvent, TemplateKey, TemplateWatches};
+use crate::tenant::reconcile::{TenantOutcome, TenantReconciler};
+use crate::watches::{Kind, TemplateEvent, TemplateKey, TemplateWatches, TenantWatches};
 
 impl QueueKey for TemplateKey {
     type Shard = u32;
@@ -73,8 +74,10 @@ impl QueueObserver<TemplateKey> for Observer {
 pub struct Pipeline {
     queue: WorkQueue<TemplateKey>,
     watches: TemplateWatches,
+    tenants: TenantWatches,
     drift: DriftWatches,
     reconciler: Reconciler,
+    tenant_reconciler: TenantReconciler,
     metrics: Metrics,
     config: PipelineConfig,
     owned: Mutex<BTreeSet<u32>>,
@@ -112,8 +115,10 @@ impl Pipeline {
             WorkQueue::with_observer(config.queue.clone(), Arc::new(Observer(metrics.clone())));
         Arc::new(Self {
             queue,
-            watches: TemplateWatches::new(client.clone(), tx),
+            watches: TemplateWatches::new(client.clone(), tx.clone()),
+            tenants: TenantWatches::new(client.clone(), tx),
             drift: DriftWatches::new(client, drift_tx),
+            tenant_reconciler: reconciler.tenants(),
             reconciler,
             metrics,
             config,
@@ -174,7 +179,12 @@ impl Pipeline {
                         () = tokio::time::sleep(this.config.resync_interval.mul_f64(jitter)) => {}
                     }
                     let owned = lock(&this.owned).clone();
-                    for key in this.watches.keys(&owned) {
+                    let keys = this
+                        .watches
+                        .keys(&owned)
+                        .into_iter()
+                        .chain(this.tenants.keys(&owned));
+                    for key in keys {
                         this.queue.add(key, Priority::Resync).await;
                     }
                 }
@@ -193,6 +203,7 @@ impl Pipeline {
         drift_feeder.abort();
         resync.abort();
         self.watches.clear();
+        self.tenants.clear();
         self.drift.clear();
     }
 
@@ -217,7 +228,64 @@ impl Pipeline {
         }
     }
 
+    /// One Tenant: reconciled, and queued again after a while when something is not ready yet.
+    async fn process_tenant(&self, work: Work<TemplateKey>) -> Result<Outcome, ReconcileError> {
+        let Some(tenant) = self.tenants.get(&work.key) else {
+            return Ok(Outcome::Unchanged);
+        };
+        let span = tracing::info_span!(
+            "reconcile_tenant",
+            tenant = %format!("{}/{}", work.key.namespace, work.key.name),
+            bucket = work.key.bucket,
+            generation = tenant.metadata.generation.unwrap_or_default(),
+            outcome = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result = self
+            .tenant_reconciler
+            .reconcile(&tenant)
+            .instrument(span.clone())
+            .await;
+        let label = match &result {
+            Ok(TenantOutcome::Unchanged) => "unchanged",
+            Ok(TenantOutcome::Applied { .. }) => "applied",
+            Ok(TenantOutcome::Waiting(_)) => "waiting",
+            Ok(TenantOutcome::Broken) => "denied",
+            Ok(TenantOutcome::Finalized) => "finalized",
+            Err(_) => "error",
+        };
+        span.record("outcome", label);
+        self.metrics.observe_reconcile(label, started.elapsed());
+        match result {
+            Ok(TenantOutcome::Waiting(after)) => {
+                let (queue, key) = (self.queue.clone(), work.key.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    // A revoked bucket fences the add; a deleted Tenant is skipped when handed out.
+                    queue.add(key, Priority::Change).await;
+                });
+                Ok(Outcome::Applied {
+                    applied: 0,
+                    pruned: 0,
+                })
+            }
+            Ok(TenantOutcome::Unchanged) => Ok(Outcome::Unchanged),
+            Ok(TenantOutcome::Applied { applied, pruned }) => {
+                Ok(Outcome::Applied { applied, pruned })
+            }
+            Ok(TenantOutcome::Broken) => Ok(Outcome::Denied),
+            Ok(TenantOutcome::Finalized) => Ok(Outcome::Finalized),
+            Err(error) => {
+                span.in_scope(|| tracing::warn!(%error, "tenant reconcile failed; will retry"));
+                Err(error.into())
+            }
+        }
+    }
+
     async fn process(&self, work: Work<TemplateKey>) -> Result<Outcome, ReconcileError> {
+        if work.key.kind == Kind::Tenant {
+            return self.process_tenant(work).await;
+        }
         let drifted = lock(&self.drifted).remove(&work.key);
         let Some(template) = self.watches.get(&work.key) else {
             // Deleted (its finalizer already ran) or its bucket was revoked meanwhile.
@@ -293,6 +361,7 @@ impl Pipeline {
             );
         }
         self.watches.clear();
+        self.tenants.clear();
         self.drift.clear();
     }
 
@@ -312,6 +381,7 @@ impl BucketHost for Arc<Pipeline> {
         lock(&self.owned).extend(buckets.iter().copied());
         self.queue.grant(buckets.iter().copied());
         self.watches.add(buckets);
+        self.tenants.add(buckets);
         self.drift.add(buckets);
     }
 
@@ -323,6 +393,7 @@ impl BucketHost for Arc<Pipeline> {
             }
         }
         self.watches.remove(&buckets);
+        self.tenants.remove(&buckets);
         self.drift.remove(&buckets);
         // The revoke fences the buckets at once: no drift mark of theirs can be added after this.
         let released = self.queue.revoke(buckets.clone());
@@ -334,8 +405,10 @@ impl BucketHost for Arc<Pipeline> {
         let stats = self.queue.stats();
         proto::v1::Load {
             queue_depth: u64::try_from(stats.depth()).unwrap_or(u64::MAX),
-            objects_owned: u64::try_from(self.watches.keys(&self.owned()).len())
-                .unwrap_or(u64::MAX),
+            objects_owned: u64::try_from(
+                self.watches.keys(&self.owned()).len() + self.tenants.keys(&self.owned()).len(),
+            )
+            .unwrap_or(u64::MAX),
             bucket_objects: Vec::new(),
             in_flight: u32::try_from(stats.in_flight).unwrap_or(u32::MAX),
             reconciles_per_second: 0.0,

@@ -102,6 +102,9 @@ pub enum ReconcileError {
         #[source]
         source: Box<WriteError>,
     },
+    /// A Tenant reconcile failed.
+    #[error(transparent)]
+    Tenant(#[from] crate::tenant::reconcile::TenantError),
     /// The worker's Lease fence is closed: a write was refused unsent and the reconcile stopped
     /// writing. The worker stops all work when its fence closes; the next holder of the bucket
     /// reconciles the template again.
@@ -129,6 +132,8 @@ impl ReconcileError {
             ReconcileError::Objects(_) => "objects",
             ReconcileError::Template { .. } => "template_write",
             ReconcileError::Fenced { .. } => "fenced",
+            ReconcileError::Tenant(e) if e.fenced().is_some() => "fenced",
+            ReconcileError::Tenant(_) => "tenant",
         }
     }
 
@@ -137,6 +142,7 @@ impl ReconcileError {
         match self {
             ReconcileError::Fenced { source, .. } => Some(source),
             ReconcileError::Objects(errors) => errors.iter().find_map(ApplyError::fenced),
+            ReconcileError::Tenant(e) => e.fenced(),
             ReconcileError::Template { source, .. } => match &**source {
                 WriteError::Fenced(fenced) => Some(fenced),
                 _ => None,
@@ -224,6 +230,12 @@ impl Reconciler {
     pub fn with_writes(mut self, writes: Writes) -> Self {
         self.applier = Applier::with_writes(self.client.clone(), writes);
         self
+    }
+
+    /// The reconciler of Tenants sharing this one's applier (writes, fence, discovery cache) and
+    /// per-reconcile concurrency.
+    pub fn tenants(&self) -> crate::tenant::reconcile::TenantReconciler {
+        crate::tenant::reconcile::TenantReconciler::new(self.applier.clone(), self.concurrency)
     }
 
     /// The gate its writes go through.

@@ -1,8 +1,9 @@
 //! Watches limited to the buckets this worker owns: never a cluster-wide watch filtered on the
 //! client.
 //!
+//! The same machinery serves KubeTemplates and Tenants ([`BucketWatches`] over either kind).
 //! Owned buckets are grouped into chunks of at most [`CHUNK`] buckets; each chunk is one
-//! kube-runtime reflector over KubeTemplates with the label selector
+//! kube-runtime reflector over the kind with the label selector
 //! `kubetemplater.io/bucket in (b1,…,bn)` and its own store. A grant starts new chunks; a revoke
 //! restarts only the chunks that held a revoked bucket (without it), so moving one bucket relists
 //! at most one chunk's objects, not everything the worker owns. Every object a chunk's watch
@@ -15,8 +16,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use api::KubeTemplate;
 use api::constants::LABEL_BUCKET;
+use api::{KubeTemplate, Tenant};
 use futures::StreamExt as _;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -27,11 +28,45 @@ use tokio_util::sync::CancellationToken;
 /// Most buckets one watch covers.
 pub const CHUNK: usize = 32;
 
-/// Identifies a template in the queue: its namespace, name and bucket.
+/// The kinds a worker reconciles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Kind {
+    /// A KubeTemplate.
+    #[default]
+    Template,
+    /// A Tenant.
+    Tenant,
+}
+
+/// A kind the bucket watches can watch.
+pub trait Watched:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// Which kind.
+    const KIND: Kind;
+}
+
+impl Watched for KubeTemplate {
+    const KIND: Kind = Kind::Template;
+}
+
+impl Watched for Tenant {
+    const KIND: Kind = Kind::Tenant;
+}
+
+/// Identifies an object in the queue: its kind, namespace, name and bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TemplateKey {
-    /// Bucket (from the label; equals the bucket of the namespace).
+    /// Bucket (from the label; for a KubeTemplate the bucket of the namespace).
     pub bucket: u32,
+    /// KubeTemplate or Tenant.
+    pub kind: Kind,
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -40,9 +75,13 @@ pub struct TemplateKey {
 
 impl std::fmt::Display for TemplateKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            Kind::Template => "",
+            Kind::Tenant => "tenant ",
+        };
         write!(
             f,
-            "{}/{} (bucket {})",
+            "{kind}{}/{} (bucket {})",
             self.namespace, self.name, self.bucket
         )
     }
@@ -57,38 +96,62 @@ pub struct TemplateEvent {
     pub initial: bool,
 }
 
-struct Chunk {
+struct Chunk<K: Watched> {
     buckets: BTreeSet<u32>,
-    store: Store<KubeTemplate>,
+    store: Store<K>,
     cancel: CancellationToken,
 }
 
-/// The bucket-scoped template watches of one worker.
-#[derive(Clone)]
-pub struct TemplateWatches {
+/// The bucket-scoped watches of one kind in one worker.
+pub struct BucketWatches<K: Watched> {
     client: kube::Client,
     events: mpsc::Sender<TemplateEvent>,
-    state: Arc<Mutex<State>>,
+    state: Arc<Mutex<State<K>>>,
 }
 
-#[derive(Default)]
-struct State {
+/// The bucket-scoped KubeTemplate watches.
+pub type TemplateWatches = BucketWatches<KubeTemplate>;
+/// The bucket-scoped Tenant watches.
+pub type TenantWatches = BucketWatches<Tenant>;
+
+impl<K: Watched> Clone for BucketWatches<K> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            events: self.events.clone(),
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+struct State<K: Watched> {
     next_id: u64,
-    chunks: BTreeMap<u64, Chunk>,
+    chunks: BTreeMap<u64, Chunk<K>>,
     chunk_of: BTreeMap<u32, u64>,
 }
 
-impl std::fmt::Debug for TemplateWatches {
+impl<K: Watched> Default for State<K> {
+    fn default() -> Self {
+        Self {
+            next_id: 0,
+            chunks: BTreeMap::new(),
+            chunk_of: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Watched> std::fmt::Debug for BucketWatches<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = self.lock();
-        f.debug_struct("TemplateWatches")
+        f.debug_struct("BucketWatches")
+            .field("kind", &K::KIND)
             .field("chunks", &state.chunks.len())
             .field("buckets", &state.chunk_of.len())
             .finish()
     }
 }
 
-impl TemplateWatches {
+impl<K: Watched> BucketWatches<K> {
     /// No watches yet; events go to `events`.
     pub fn new(client: kube::Client, events: mpsc::Sender<TemplateEvent>) -> Self {
         Self {
@@ -98,7 +161,7 @@ impl TemplateWatches {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<K>> {
         // Every mutation below is a few map operations that leave the state consistent.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -157,8 +220,8 @@ impl TemplateWatches {
         self.lock().chunk_of.keys().copied().collect()
     }
 
-    /// The cached template for `key`, if its bucket is watched and the object exists.
-    pub fn get(&self, key: &TemplateKey) -> Option<Arc<KubeTemplate>> {
+    /// The cached object for `key`, if its bucket is watched and the object exists.
+    pub fn get(&self, key: &TemplateKey) -> Option<Arc<K>> {
         let state = self.lock();
         let id = state.chunk_of.get(&key.bucket)?;
         let chunk = state.chunks.get(id)?;
@@ -167,7 +230,7 @@ impl TemplateWatches {
             .get(&ObjectRef::new(&key.name).within(&key.namespace))
     }
 
-    /// Keys of every cached template of `buckets` (for a resync).
+    /// Keys of every cached object of `buckets` (for a resync).
     pub fn keys(&self, buckets: &BTreeSet<u32>) -> Vec<TemplateKey> {
         let state = self.lock();
         state
@@ -175,12 +238,12 @@ impl TemplateWatches {
             .values()
             .filter(|c| !c.buckets.is_disjoint(buckets))
             .flat_map(|c| c.store.state())
-            .filter_map(|t| key_of(&t))
+            .filter_map(|t| key_of(t.as_ref()))
             .filter(|k| buckets.contains(&k.bucket))
             .collect()
     }
 
-    fn start_chunk(&self, state: &mut State, buckets: BTreeSet<u32>) {
+    fn start_chunk(&self, state: &mut State<K>, buckets: BTreeSet<u32>) {
         let id = state.next_id;
         state.next_id += 1;
         let selector = format!(
@@ -204,7 +267,7 @@ impl TemplateWatches {
                 cancel: cancel.clone(),
             },
         );
-        let api: Api<KubeTemplate> = Api::all(self.client.clone());
+        let api: Api<K> = Api::all(self.client.clone());
         let events = self.events.clone();
         tokio::spawn(async move {
             let config = watcher::Config::default().labels(&selector);
@@ -222,7 +285,7 @@ impl TemplateWatches {
                 let keys: Vec<(TemplateKey, bool)> = match event {
                     None => return,
                     Some(Err(error)) => {
-                        tracing::warn!(%error, %selector, "template watch failed; retrying");
+                        tracing::warn!(%error, %selector, kind = ?K::KIND, "bucket watch failed; retrying");
                         continue;
                     }
                     Some(Ok(watcher::Event::Init)) => {
@@ -257,18 +320,14 @@ impl TemplateWatches {
     }
 }
 
-/// The queue key of a template, from its namespace, name and bucket label.
-pub fn key_of(template: &KubeTemplate) -> Option<TemplateKey> {
-    let bucket = template
-        .metadata
-        .labels
-        .as_ref()?
-        .get(LABEL_BUCKET)?
-        .parse()
-        .ok()?;
+/// The queue key of an object, from its kind, namespace, name and bucket label.
+pub fn key_of<K: Watched>(object: &K) -> Option<TemplateKey> {
+    let meta = object.meta();
+    let bucket = meta.labels.as_ref()?.get(LABEL_BUCKET)?.parse().ok()?;
     Some(TemplateKey {
         bucket,
-        namespace: template.metadata.namespace.clone()?,
-        name: template.metadata.name.clone()?,
+        kind: K::KIND,
+        namespace: meta.namespace.clone()?,
+        name: meta.name.clone()?,
     })
 }

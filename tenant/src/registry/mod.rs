@@ -37,10 +37,10 @@ use kube::{Client, Resource as _, ResourceExt as _};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::conditions;
 use crate::datasource::{self, Secrets, Source, SourceError};
 use crate::metrics::RegistryMetrics;
 use crate::sync::{self, ANNOTATION_CONFIRM_DELETIONS, Blocked, ExistingTenant};
+use api::conditions;
 use status::{LastRead, RegistryFacts, TemplateFacts};
 
 /// How the controller runs.
@@ -840,6 +840,10 @@ impl Shared {
     }
 
     /// Resolves the settings (Secrets included), reuses or replaces the pool, reads the rows.
+    ///
+    /// An SQLite file is opened afresh for every read: a kept connection holds the file it
+    /// opened, so a file renamed away or replaced (a volume's atomic update) would go on being
+    /// read as it was for as long as the pool lives.
     async fn read(
         &self,
         registry: &TenantRegistry,
@@ -849,9 +853,17 @@ impl Shared {
         let secrets = KubeSecrets(Api::namespaced(self.client.clone(), namespace));
         let settings = datasource::resolve(&registry.spec, &secrets).await?;
         let key = (namespace.to_owned(), name.to_owned());
+        let keep = settings.dialect() != datasource::Dialect::Sqlite;
         let source = {
             let mut sources = self.sources.lock().await;
             match sources.get(&key) {
+                _ if !keep => {
+                    // Not kept: a pool of settings this registry had before goes.
+                    if let Some(old) = sources.remove(&key) {
+                        tokio::spawn(async move { old.close().await });
+                    }
+                    Source::open(settings)
+                }
                 Some(source) if source.settings().fingerprint() == settings.fingerprint() => {
                     source.clone()
                 }
@@ -868,6 +880,9 @@ impl Shared {
         let rows = source.read(self.config.read_timeout).await;
         self.metrics
             .observe_query(namespace, name, rows.is_ok(), started.elapsed());
+        if !keep {
+            source.close().await;
+        }
         rows
     }
 

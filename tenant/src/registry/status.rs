@@ -4,9 +4,9 @@
 use api::constants::condition::{APPLIED, DELETION_BLOCKED, READY, VALID};
 use api::{TenantRegistryStatus, TenantTemplateStatus};
 
-use crate::conditions;
 use crate::datasource::SourceError;
 use crate::sync::Blocked;
+use api::conditions;
 
 /// Ready reason when the last read succeeded (the original's).
 pub const REASON_CONNECTED: &str = "DatabaseConnected";
