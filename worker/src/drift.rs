@@ -10,11 +10,13 @@
 //! pipeline    ── owner still lists the object? ── queue.add(owner, Change) as a drift
 //! ```
 //!
-//! * **Scope.** Every object the worker applies carries `kubetemplater.io/bucket` and the owner's
-//!   `kubetemplater.io/template-{name,namespace}` labels ([`crate::desired`]). Each watch selects
-//!   `kubetemplater.io/bucket in (b1,…,bn),kubetemplater.io/template-name` over all namespaces
+//! * **Scope.** Every object the worker applies carries `kubetemplater.io/bucket` and its owner:
+//!   a KubeTemplate's objects the `kubetemplater.io/template-{name,namespace}` labels
+//!   ([`crate::desired`]); a Tenant's objects a controller owner reference to the Tenant or the
+//!   tracking labels `kubernetes-tenants.org/tenant{,-namespace}` ([`crate::tenant::desired`]).
+//!   Each watch selects `kubetemplater.io/bucket in (b1,…,bn)` over all namespaces
 //!   (`Api::all_with`), so cluster-scoped kinds and objects in other namespaces than their
-//!   template's are seen, and only by the owning worker. Owned buckets are grouped in chunks of
+//!   owner's are seen, and only by the owning worker. Owned buckets are grouped in chunks of
 //!   at most [`crate::watches::CHUNK`] as for the template watches: a grant starts new chunks, a
 //!   revoke restarts only the chunks that held a revoked bucket.
 //! * **Kinds.** The pipeline registers the kinds of every template it reconciled successfully
@@ -39,6 +41,10 @@
 //!   the same second as our apply is never missed; the price is at most one extra reconcile,
 //!   whose apply changes nothing (a no-op server-side apply writes nothing and sends no event),
 //!   so it settles.
+//! * **Tenants also follow status.** A Tenant counts its objects' readiness, so for a Tenant's
+//!   object a status change after our last apply (a `status` subresource entry newer than ours,
+//!   [`status_after_ours`]) is reported too; the pipeline then reads the Tenant's objects again
+//!   without writing what did not drift.
 //! * **Deletes** carry no writer: every delete of a labelled object is reported, and the
 //!   pipeline drops those the owner no longer lists (our own prune) or whose owner is being
 //!   deleted (our finalizer, the garbage collector).
@@ -54,7 +60,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use api::KubeTemplate;
-use api::constants::{FIELD_MANAGER, LABEL_BUCKET, LABEL_TEMPLATE_NAME, LABEL_TEMPLATE_NAMESPACE};
+use api::constants::{
+    FIELD_MANAGER, LABEL_BUCKET, LABEL_TEMPLATE_NAME, LABEL_TEMPLATE_NAMESPACE, LABEL_TENANT,
+    LABEL_TENANT_NAMESPACE, TENANT_GROUP,
+};
 use futures::StreamExt as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt as _;
@@ -171,20 +180,61 @@ pub fn classify(meta: &ObjectMeta) -> Writer {
     }
 }
 
-/// The owner template of a managed object, from its bucket and owner labels.
+/// Whether a `status` subresource write is newer than (or as new as) our last apply: the object's
+/// status moved since we wrote it.
+pub fn status_after_ours(meta: &ObjectMeta) -> bool {
+    let mut ours = None;
+    let mut status = None;
+    for entry in meta.managed_fields.iter().flatten() {
+        let time = entry.time.as_ref().map(|t| t.0);
+        match entry.subresource.as_deref() {
+            Some("status") => status = status.max(Some(time)),
+            Some(s) if !s.is_empty() => {}
+            _ if entry.manager.as_deref() == Some(FIELD_MANAGER) => ours = ours.max(Some(time)),
+            _ => {}
+        }
+    }
+    match (status, ours) {
+        (Some(status), Some(ours)) => status >= ours,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// The owner of a managed object: a KubeTemplate by its owner labels, or a Tenant by its
+/// controller owner reference or tracking labels; the bucket from the bucket label.
 pub fn owner_of(meta: &ObjectMeta) -> Option<TemplateKey> {
     let labels = meta.labels.as_ref()?;
+    let bucket: u32 = labels.get(LABEL_BUCKET)?.parse().ok()?;
+    let label = |key: &str| labels.get(key).filter(|s| !s.is_empty()).cloned();
+    if let (Some(namespace), Some(name)) =
+        (label(LABEL_TEMPLATE_NAMESPACE), label(LABEL_TEMPLATE_NAME))
+    {
+        return Some(TemplateKey {
+            bucket,
+            kind: Kind::Template,
+            namespace,
+            name,
+        });
+    }
+    let tenant_owner = meta.owner_references.iter().flatten().find(|o| {
+        o.kind == "Tenant"
+            && o.controller == Some(true)
+            && o.api_version.starts_with(&format!("{TENANT_GROUP}/"))
+    });
+    if let (Some(owner), Some(namespace)) = (tenant_owner, meta.namespace.clone()) {
+        return Some(TemplateKey {
+            bucket,
+            kind: Kind::Tenant,
+            namespace,
+            name: owner.name.clone(),
+        });
+    }
     Some(TemplateKey {
-        bucket: labels.get(LABEL_BUCKET)?.parse().ok()?,
-        kind: Kind::Template,
-        namespace: labels
-            .get(LABEL_TEMPLATE_NAMESPACE)
-            .filter(|s| !s.is_empty())?
-            .clone(),
-        name: labels
-            .get(LABEL_TEMPLATE_NAME)
-            .filter(|s| !s.is_empty())?
-            .clone(),
+        bucket,
+        kind: Kind::Tenant,
+        namespace: label(LABEL_TENANT_NAMESPACE)?,
+        name: label(LABEL_TENANT)?,
     })
 }
 
@@ -496,7 +546,7 @@ impl DriftWatches {
         kind_cancel: &CancellationToken,
     ) {
         let selector = format!(
-            "{LABEL_BUCKET} in ({}),{LABEL_TEMPLATE_NAME}",
+            "{LABEL_BUCKET} in ({})",
             buckets
                 .iter()
                 .map(u32::to_string)
@@ -548,7 +598,15 @@ impl DriftWatches {
                     }
                     Some(Ok(watcher::Event::InitApply(_))) => continue,
                     Some(Ok(watcher::Event::Apply(meta))) => {
-                        if initial || classify(&meta.metadata) == Writer::Ours {
+                        let relevant = match classify(&meta.metadata) {
+                            Writer::Foreign => true,
+                            // A Tenant's objects: their readiness moved.
+                            Writer::Ours => {
+                                owner_of(&meta.metadata).is_some_and(|k| k.kind == Kind::Tenant)
+                                    && status_after_ours(&meta.metadata)
+                            }
+                        };
+                        if initial || !relevant {
                             continue;
                         }
                         (meta.metadata, false)

@@ -211,14 +211,25 @@ impl Pipeline {
     /// unless the owner is gone, being deleted, or no longer lists the object (then the change
     /// is our own prune or finalizer at work, or the object is not ours to keep).
     async fn drift_seen(&self, event: DriftEvent) {
-        let Some(template) = self.watches.get(&event.key) else {
-            return;
-        };
-        if template.metadata.deletion_timestamp.is_some() || !drift::lists(&template, &event.object)
-        {
+        if event.key.kind == Kind::Tenant {
+            let Some(tenant) = self.tenants.get(&event.key) else {
+                return;
+            };
+            if tenant.metadata.deletion_timestamp.is_some()
+                || !crate::tenant::desired::lists(&tenant, &event.object)
+            {
+                return;
+            }
+        } else if let Some(template) = self.watches.get(&event.key) {
+            if template.metadata.deletion_timestamp.is_some()
+                || !drift::lists(&template, &event.object)
+            {
+                return;
+            }
+        } else {
             return;
         }
-        tracing::debug!(object = %event.object, template = %event.key, deleted = event.deleted, "drift");
+        tracing::debug!(object = %event.object, owner = %event.key, deleted = event.deleted, "drift");
         lock(&self.drifted).insert(event.key.clone());
         match self.queue.add(event.key.clone(), Priority::Change).await {
             Added::Fenced | Added::ShutDown | Added::Skipped => {
@@ -230,6 +241,7 @@ impl Pipeline {
 
     /// One Tenant: reconciled, and queued again after a while when something is not ready yet.
     async fn process_tenant(&self, work: Work<TemplateKey>) -> Result<Outcome, ReconcileError> {
+        let drifted = lock(&self.drifted).remove(&work.key);
         let Some(tenant) = self.tenants.get(&work.key) else {
             return Ok(Outcome::Unchanged);
         };
@@ -243,9 +255,12 @@ impl Pipeline {
         let started = Instant::now();
         let result = self
             .tenant_reconciler
-            .reconcile(&tenant)
+            .reconcile_with(&tenant, drifted)
             .instrument(span.clone())
             .await;
+        // Watch the kinds it uses, so drift and readiness changes of its objects are seen.
+        self.drift
+            .register(crate::tenant::desired::kinds_of(&tenant));
         let label = match &result {
             Ok(TenantOutcome::Unchanged) => "unchanged",
             Ok(TenantOutcome::Applied { .. }) => "applied",

@@ -318,5 +318,35 @@ pub fn unown(object: &mut TenantObject, tenant: &Tenant) {
     }
 }
 
+/// Whether `tenant` has applied `object` (its `status.appliedResources` names it).
+pub fn lists(tenant: &Tenant, object: &crate::drift::ManagedObject) -> bool {
+    let namespace = object.namespace.as_deref().unwrap_or("");
+    tenant
+        .status
+        .iter()
+        .flat_map(|s| &s.applied_resources)
+        .any(|key| {
+            AppliedKey::parse(key).is_some_and(|k| {
+                k.kind == object.kind.kind
+                    && k.name == object.name
+                    && (object.namespace.is_none() || k.namespace == namespace)
+            })
+        })
+}
+
+/// The kinds (apiVersion, kind) a Tenant's entries create, as written in their specs.
+pub fn kinds_of(tenant: &Tenant) -> std::collections::BTreeSet<(String, String)> {
+    tenant
+        .spec
+        .resources
+        .iter()
+        .filter_map(|(_, entry)| {
+            let text = |key: &str| entry.spec.get(key).and_then(Value::as_str);
+            Some((text("apiVersion")?.to_owned(), text("kind")?.to_owned()))
+        })
+        .filter(|(api_version, kind)| !api_version.contains("{{") && !kind.contains("{{"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

@@ -50,17 +50,27 @@ pub fn is_ready(kind: &str, object: &Value) -> bool {
                     .and_then(Value::as_array)
                     .is_some_and(|i| !i.is_empty())
         }
+        // As `kubectl rollout status`: the new generation observed, every replica updated, no
+        // old replica left, and every updated one available.
         "Deployment" => {
             let wanted = replicas(object);
+            let updated = int(object, &["status", "updatedReplicas"]);
             observed_current(object)
-                && int(object, &["status", "availableReplicas"]) >= wanted
-                && int(object, &["status", "updatedReplicas"]) >= wanted
+                && updated >= wanted
+                && int(object, &["status", "replicas"]) <= updated
+                && int(object, &["status", "availableReplicas"]) >= updated
         }
         "StatefulSet" => {
             let wanted = replicas(object);
+            let revision = |key: &str| {
+                object
+                    .pointer(&format!("/status/{key}"))
+                    .and_then(Value::as_str)
+            };
             observed_current(object)
                 && int(object, &["status", "readyReplicas"]) >= wanted
                 && int(object, &["status", "updatedReplicas"]) >= wanted
+                && revision("updateRevision") == revision("currentRevision")
         }
         "DaemonSet" => {
             let desired = int(object, &["status", "desiredNumberScheduled"]);
@@ -128,6 +138,15 @@ mod tests {
         deployment["status"]["observedGeneration"] = json!(2);
         deployment["status"]["updatedReplicas"] = json!(1);
         assert!(!is_ready("Deployment", &deployment), "mid-rollout");
+        // A stalled rollout: the new replica exists (updated) but is not available; the old one
+        // still is.
+        let stalled = json!({
+            "metadata": {"generation": 3},
+            "spec": {"replicas": 1},
+            "status": {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 1,
+                       "availableReplicas": 1, "unavailableReplicas": 1}
+        });
+        assert!(!is_ready("Deployment", &stalled), "old replicas left");
         assert!(!is_ready(
             "Deployment",
             &json!({"spec": {}, "status": {"availableReplicas": 0}})
@@ -135,6 +154,11 @@ mod tests {
         assert!(is_ready(
             "StatefulSet",
             &json!({"spec": {"replicas": 1}, "status": {"readyReplicas": 1, "updatedReplicas": 1}})
+        ));
+        assert!(!is_ready(
+            "StatefulSet",
+            &json!({"spec": {"replicas": 1}, "status": {"readyReplicas": 1, "updatedReplicas": 1,
+                "currentRevision": "a", "updateRevision": "b"}})
         ));
         assert!(!is_ready(
             "DaemonSet",

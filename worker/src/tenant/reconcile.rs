@@ -207,6 +207,17 @@ impl TenantReconciler {
 
     /// Reconciles `tenant` (see the module documentation).
     pub async fn reconcile(&self, tenant: &Tenant) -> Result<TenantOutcome, TenantError> {
+        self.reconcile_with(tenant, false).await
+    }
+
+    /// Reconciles `tenant`; with `verify` (one of its objects changed behind our back, or its
+    /// status moved) there is no skip: every object is read, only those that differ from what
+    /// the Tenant asks for are written again, and readiness is taken from what was read.
+    pub async fn reconcile_with(
+        &self,
+        tenant: &Tenant,
+        verify: bool,
+    ) -> Result<TenantOutcome, TenantError> {
         let uid = tenant.metadata.uid.clone().unwrap_or_default();
         if tenant.metadata.deletion_timestamp.is_some() {
             lock(&self.progress).remove(&uid);
@@ -219,16 +230,18 @@ impl TenantReconciler {
             Err(error) => return self.broken(tenant, &previous, &error).await,
         };
         let digest = desired::digest(tenant, &vars);
-        if previous.applied_hash.as_deref() == Some(digest.as_str())
+        if !verify
+            && previous.applied_hash.as_deref() == Some(digest.as_str())
             && previous.observed_generation == generation
             && conditions::is_true(&previous.conditions, READY)
         {
             lock(&self.progress).remove(&uid);
             return Ok(TenantOutcome::Unchanged);
         }
-        if lock(&self.progress)
-            .get(&uid)
-            .is_some_and(|p| p.digest == digest && p.complete_at == Some(generation))
+        if !verify
+            && lock(&self.progress)
+                .get(&uid)
+                .is_some_and(|p| p.digest == digest && p.complete_at == Some(generation))
         {
             return Ok(TenantOutcome::Unchanged);
         }
@@ -269,7 +282,7 @@ impl TenantReconciler {
                 .map(|(object, gated)| async move {
                     match gated {
                         Some(state) => (object, state, false),
-                        None => self.apply_object(tenant, uid, object).await,
+                        None => self.apply_object(tenant, uid, object, verify).await,
                     }
                 })
                 .buffer_unordered(self.concurrency)
@@ -383,6 +396,7 @@ impl TenantReconciler {
         tenant: &Tenant,
         uid: &str,
         mut object: TenantObject,
+        verify: bool,
     ) -> (TenantObject, State, bool) {
         let failed = |object: &TenantObject, what: &str, e: &dyn std::fmt::Display| {
             State::Failed(format!("{}: {what}: {e}", object.describe()))
@@ -414,6 +428,7 @@ impl TenantReconciler {
             .get(uid)
             .is_some_and(|p| p.written.contains(&key));
         let needs_live = already
+            || verify
             || object.creation == CreationPolicy::Once
             || !object.ignore_fields.is_empty()
             || object.patch != PatchStrategy::Apply;
@@ -455,6 +470,13 @@ impl TenantReconciler {
                     }
                 }
             }
+        }
+        if verify
+            && let Some(live) = &live
+            && !drifted(&object, live)
+        {
+            let state = self.readiness(uid, &object, live);
+            return (object, state, false);
         }
         let result = self.write_object(&api, &object, live.as_ref()).await;
         match result {
@@ -797,6 +819,35 @@ impl TenantReconciler {
             .map(|_| ())
             .map_err(|e| write_error("writing the status of", tenant, e))
     }
+}
+
+/// Whether the live object differs from the object to write in a field the latter sets
+/// (`stringData` of a Secret compared as the `data` it becomes).
+fn drifted(object: &TenantObject, live: &Value) -> bool {
+    use base64::Engine as _;
+    let mut wanted = object.object.clone();
+    if let Some(meta) = wanted.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("namespace");
+    }
+    if object.kind == "Secret"
+        && let Some(map) = wanted.as_object_mut()
+        && let Some(Value::Object(string_data)) = map.remove("stringData")
+    {
+        let data = map
+            .entry("data")
+            .or_insert_with(|| json!({}))
+            .as_object_mut();
+        if let Some(data) = data {
+            for (key, value) in string_data {
+                let text = value.as_str().unwrap_or_default().to_owned();
+                data.insert(
+                    key,
+                    json!(base64::engine::general_purpose::STANDARD.encode(text)),
+                );
+            }
+        }
+    }
+    !crate::apply::contains(live, &wanted)
 }
 
 fn post_params() -> PostParams {
