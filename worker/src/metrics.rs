@@ -52,11 +52,13 @@ pub struct Metrics {
     buckets_owned: Gauge,
     handoffs: Family<DirectionLabel, Counter>,
     release: Histogram,
+    tenants: crate::tenant::metrics::TenantMetrics,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self {
+            tenants: crate::tenant::metrics::TenantMetrics::default(),
             queue_depth: Gauge::default(),
             in_flight: Gauge::default(),
             processed: Family::default(),
@@ -75,6 +77,19 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The same metrics with the Tenant metrics (the original's names) registered in `root`, a
+    /// registry without prefix.
+    #[must_use]
+    pub fn with_tenant_metrics(mut self, root: &mut Registry) -> Self {
+        self.tenants = crate::tenant::metrics::TenantMetrics::register(root);
+        self
+    }
+
+    /// The Tenant metrics.
+    pub fn tenants(&self) -> &crate::tenant::metrics::TenantMetrics {
+        &self.tenants
+    }
+
     /// Registers the metrics in `registry` (give it the `kubetemplater` prefix).
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();

@@ -118,7 +118,7 @@ impl Pipeline {
             watches: TemplateWatches::new(client.clone(), tx.clone()),
             tenants: TenantWatches::new(client.clone(), tx),
             drift: DriftWatches::new(client, drift_tx),
-            tenant_reconciler: reconciler.tenants(),
+            tenant_reconciler: reconciler.tenants().with_metrics(metrics.tenants().clone()),
             reconciler,
             metrics,
             config,

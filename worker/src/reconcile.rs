@@ -184,6 +184,7 @@ pub struct Reconciler {
     policies: Arc<dyn PolicySource>,
     concurrency: usize,
     recent: Arc<Mutex<HashMap<(String, String), Applied>>>,
+    events: Option<kube::runtime::events::Recorder>,
 }
 
 /// A spec this worker applied completely and recorded as `Completed`, remembered until the
@@ -221,7 +222,15 @@ impl Reconciler {
             policies,
             concurrency: concurrency.max(1),
             recent: Arc::default(),
+            events: None,
         }
+    }
+
+    /// The same reconciler publishing Kubernetes events (Tenants) through `recorder`.
+    #[must_use]
+    pub fn with_events(mut self, recorder: kube::runtime::events::Recorder) -> Self {
+        self.events = Some(recorder);
+        self
     }
 
     /// The same reconciler with every write going through `writes` (the worker's: its Lease
@@ -235,7 +244,12 @@ impl Reconciler {
     /// The reconciler of Tenants sharing this one's applier (writes, fence, discovery cache) and
     /// per-reconcile concurrency.
     pub fn tenants(&self) -> crate::tenant::reconcile::TenantReconciler {
-        crate::tenant::reconcile::TenantReconciler::new(self.applier.clone(), self.concurrency)
+        let tenants =
+            crate::tenant::reconcile::TenantReconciler::new(self.applier.clone(), self.concurrency);
+        match &self.events {
+            Some(recorder) => tenants.with_events(recorder.clone()),
+            None => tenants,
+        }
     }
 
     /// The gate its writes go through.

@@ -195,8 +195,10 @@ pub async fn run_with(
     let writer = kube::Client::try_from(writer_config(kube_config.clone(), plan.write_timeout))
         .map_err(RunError::Client)?;
 
-    let mut registry = Registry::with_prefix("kubetemplater");
-    let metrics = Metrics::register(&mut registry);
+    // The root has no prefix: the Tenant metrics keep the original's names.
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(registry.sub_registry_with_prefix("kubetemplater"))
+        .with_tenant_metrics(&mut registry);
     let readiness = Readiness::new();
     for check in [READY_LEASE, READY_POLICIES, READY_SESSION] {
         readiness.register(check);
@@ -288,8 +290,16 @@ pub async fn run_with(
         Some(plan.write_timeout),
         metrics.clone(),
     );
-    let reconciler =
-        Reconciler::new(writer, cache.clone(), args.apply_concurrency).with_writes(writes.clone());
+    let recorder = kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "kubetemplater-worker".to_owned(),
+            instance: Some(args.worker_id.clone()),
+        },
+    );
+    let reconciler = Reconciler::new(writer, cache.clone(), args.apply_concurrency)
+        .with_writes(writes.clone())
+        .with_events(recorder);
     let pipeline = Pipeline::new(
         client,
         reconciler,

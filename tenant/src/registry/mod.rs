@@ -322,6 +322,10 @@ impl Loop {
                         .get(ANNOTATION_CONFIRM_DELETIONS)
                         .cloned(),
                 );
+                if !self.registries.contains_key(&key) {
+                    // Its templates' `Valid` says whether it exists.
+                    self.templates_status_due(&key);
+                }
                 let state = self
                     .registries
                     .entry(key)
@@ -335,6 +339,7 @@ impl Loop {
             Event::Delete(registry) => {
                 let key = key_of(&registry);
                 self.registries.remove(&key);
+                self.templates_status_due(&key);
                 let shared = self.shared.clone();
                 tokio::spawn(async move {
                     if let Some(source) = shared.sources.lock().await.remove(&key) {
@@ -344,6 +349,18 @@ impl Loop {
                 });
             }
             Event::Init | Event::InitDone => {}
+        }
+    }
+
+    /// The templates referencing `registry` get their status recomputed.
+    fn templates_status_due(&mut self, registry: &Key) {
+        for template in self.template_store.state() {
+            if template.metadata.namespace.as_deref() == Some(registry.0.as_str())
+                && template.spec.registry_id == registry.1
+                && let Some(state) = self.templates.get_mut(&key_of(template.as_ref()))
+            {
+                state.status_due = true;
+            }
         }
     }
 
@@ -452,6 +469,12 @@ impl Loop {
         state.synced_generation = done.generation;
         match done.outcome {
             Ok(outcome) => {
+                // Logged when the brake engages or its count changes, not on every sync.
+                if let Some(blocked) = &outcome.blocked
+                    && state.blocked.as_ref().map(|b| b.pending) != Some(blocked.pending)
+                {
+                    tracing::warn!(namespace = %done.key.0, registry = %done.key.1, pending = blocked.pending, "deletions held back: {}", blocked.message);
+                }
                 state.read = LastRead::Ok;
                 state.desired = Some(outcome.desired);
                 state.problems = outcome.problems;
@@ -816,9 +839,6 @@ impl Shared {
                 summarise(&problem_texts, first),
             )
             .await;
-        }
-        if let Some(blocked) = &blocked {
-            tracing::warn!(%namespace, registry = %name, pending = blocked.pending, "deletions held back: {}", blocked.message);
         }
         let result = if write_errors.is_empty() && delete_errors.is_empty() {
             "success"

@@ -31,13 +31,15 @@ use api::constants::{
 };
 use api::{ConflictPolicy, CreationPolicy, PatchStrategy, Tenant, TenantStatus};
 use futures::{StreamExt as _, stream};
-use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource as _, ResourceExt as _};
 use runtime::lease::Fenced;
 use serde_json::{Value, json};
 
 use super::desired::{self, AppliedKey, DesiredError, TenantObject};
 use super::ignore;
+use super::metrics::TenantMetrics;
 use super::readiness;
 use super::status::{self, Counts};
 use crate::apply::{Applier, ApplyError};
@@ -142,6 +144,11 @@ pub struct TenantReconciler {
     applier: Applier,
     concurrency: usize,
     progress: Arc<Mutex<HashMap<String, Progress>>>,
+    metrics: TenantMetrics,
+    events: Option<Recorder>,
+    /// Last event published per Tenant uid (reason and note): a retry that fails the same way
+    /// publishes nothing new.
+    reported: Arc<Mutex<HashMap<String, (String, String)>>>,
 }
 
 impl std::fmt::Debug for TenantReconciler {
@@ -187,6 +194,60 @@ impl TenantReconciler {
             applier,
             concurrency: concurrency.max(1),
             progress: Arc::default(),
+            metrics: TenantMetrics::default(),
+            events: None,
+            reported: Arc::default(),
+        }
+    }
+
+    /// The same reconciler counting in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: TenantMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The same reconciler publishing events on Tenants through `recorder`.
+    #[must_use]
+    pub fn with_events(mut self, recorder: Recorder) -> Self {
+        self.events = Some(recorder);
+        self
+    }
+
+    /// Publishes an event on `tenant`, unless it is the one last published for it.
+    async fn event(&self, tenant: &Tenant, warning: bool, reason: &str, note: String) {
+        let Some(recorder) = &self.events else {
+            return;
+        };
+        let uid = tenant.metadata.uid.clone().unwrap_or_default();
+        let entry = (reason.to_owned(), note.clone());
+        if lock(&self.reported).get(&uid) == Some(&entry) {
+            return;
+        }
+        let mut note = note;
+        if note.len() > 1000 {
+            let mut cut = 1000;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+        }
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        match recorder.publish(&event, &tenant.object_ref(&())).await {
+            Ok(()) => {
+                lock(&self.reported).insert(uid, entry);
+            }
+            Err(error) => tracing::debug!(%error, reason, "publishing an event failed"),
         }
     }
 
@@ -218,6 +279,23 @@ impl TenantReconciler {
         tenant: &Tenant,
         verify: bool,
     ) -> Result<TenantOutcome, TenantError> {
+        let started = Instant::now();
+        let result = self.pass(tenant, verify).await;
+        let label = match &result {
+            Ok(TenantOutcome::Unchanged) => "status_only",
+            Ok(
+                TenantOutcome::Applied { .. }
+                | TenantOutcome::Waiting(_)
+                | TenantOutcome::Finalized,
+            ) => "success",
+            Err(TenantError::Resources { .. }) => "partial_failure",
+            Ok(TenantOutcome::Broken) | Err(_) => "error",
+        };
+        self.metrics.observe_reconcile(label, started.elapsed());
+        result
+    }
+
+    async fn pass(&self, tenant: &Tenant, verify: bool) -> Result<TenantOutcome, TenantError> {
         let uid = tenant.metadata.uid.clone().unwrap_or_default();
         if tenant.metadata.deletion_timestamp.is_some() {
             lock(&self.progress).remove(&uid);
@@ -364,6 +442,27 @@ impl TenantReconciler {
             &failures,
         );
         self.write_status(tenant, &status).await?;
+        if !failures.is_empty() {
+            let reason = if counts.conflicted > 0 {
+                "ResourceConflict"
+            } else if counts.ready > 0 {
+                "TemplateAppliedPartial"
+            } else {
+                "ApplyFailed"
+            };
+            self.event(tenant, true, reason, failures.join("; ")).await;
+        } else if complete && (written > 0 || pruned > 0) {
+            self.event(
+                tenant,
+                false,
+                "TemplateAppliedSuccess",
+                format!(
+                    "all {} resources are ready ({written} written, {pruned} cleaned up)",
+                    counts.desired
+                ),
+            )
+            .await;
+        }
         if complete {
             lock(&self.progress).insert(
                 uid.clone(),
@@ -479,6 +578,24 @@ impl TenantReconciler {
             return (object, state, false);
         }
         let result = self.write_object(&api, &object, live.as_ref()).await;
+        let policy = match object.conflict {
+            ConflictPolicy::Stuck => "Stuck",
+            ConflictPolicy::Force => "Force",
+        };
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(WriteError::Api(kube::Error::Api(s))) if s.code == 409 => {
+                self.metrics.observe_conflict(
+                    &tenant.name_any(),
+                    &tenant.namespace().unwrap_or_default(),
+                    &object.kind,
+                    policy,
+                );
+                "conflict"
+            }
+            Err(_) => "error",
+        };
+        self.metrics.observe_apply(&object.kind, outcome, policy);
         match result {
             Ok(answer) => {
                 lock(&self.progress)
@@ -732,10 +849,21 @@ impl TenantReconciler {
                 failures.push(format!("{key}: {error}"));
             }
         }
-        if !failures.is_empty() {
+        if failures.is_empty() {
+            self.event(
+                tenant,
+                false,
+                "TenantDeleted",
+                format!("{} resources cleaned up", applied.len()),
+            )
+            .await;
+        } else {
             tracing::warn!(tenant = %Self::tenant_ref(tenant), failures = %failures.join("; "), "cleanup partly failed; removing the finalizer anyway");
+            self.event(tenant, true, "CleanupPartialFailure", failures.join("; "))
+                .await;
         }
         self.set_finalizer(tenant, false).await?;
+        lock(&self.reported).remove(&tenant.metadata.uid.clone().unwrap_or_default());
         Ok(TenantOutcome::Finalized)
     }
 
@@ -752,6 +880,11 @@ impl TenantReconciler {
             error,
         );
         self.write_status(tenant, &status).await?;
+        let reason = match error {
+            DesiredError::Variables(_) => "VariablesBuildError",
+            DesiredError::Dependencies(_) => "DependencyError",
+        };
+        self.event(tenant, true, reason, error.to_string()).await;
         Ok(TenantOutcome::Broken)
     }
 
