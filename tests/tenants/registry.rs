@@ -7,9 +7,12 @@
 //! back by the deletion brake until the deletions are confirmed. And a registry naming a missing
 //! table says `TableNotFound`.
 //!
-//! Tenants are only looked at as objects: their status and what a worker renders from them are
-//! not part of this test. A deleted Tenant counts as deleted when it is gone or has a
-//! `deletionTimestamp` (a worker may hold it with a finalizer).
+//! The workers render template `web` into a whole stack per row (Namespace, ConfigMap, Secret,
+//! Deployment made Ready by kwok, Service after it, a Role with `deletionPolicy: Retain`): the
+//! Tenant becomes Ready with all six, a changed row re-renders only its own ConfigMap, and a
+//! deactivated row's resources go except the Role, which stays released with the orphan markers.
+//! A deleted Tenant counts as deleted when it is gone or has a `deletionTimestamp` (a worker
+//! holds it with its finalizer while it cleans up).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
@@ -19,15 +22,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use api::constants::condition::{DELETION_BLOCKED, READY};
 use api::constants::{
-    ANNOTATION_ACTIVATE, ANNOTATION_EXTRA, ANNOTATION_HOST_OR_URL, ANNOTATION_TEMPLATE_GENERATION,
-    LABEL_BUCKET, LABEL_TENANT_REGISTRY, LABEL_TENANT_UID,
+    ANNOTATION_ACTIVATE, ANNOTATION_EXTRA, ANNOTATION_HOST_OR_URL, ANNOTATION_ORPHANED_REASON,
+    ANNOTATION_TEMPLATE_GENERATION, LABEL_BUCKET, LABEL_ORPHANED, LABEL_TENANT,
+    LABEL_TENANT_REGISTRY, LABEL_TENANT_UID,
 };
 use api::{Tenant, TenantRegistry, TenantRegistryStatus, TenantTemplate, TenantTemplateStatus};
 use devcluster::Layout;
 use devcluster::audit::{AuditLog, Cursor};
 use devcluster::database::{self, Connection, DatabaseServer, Engine};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
@@ -387,24 +393,141 @@ fn registry_object(
     }))?)
 }
 
+/// Template `web` is a whole stack: a Namespace of its own (named after the run's namespace, so
+/// the engines' tenants do not collide), a ConfigMap and a Secret, a Deployment that waits for
+/// both, a Service that waits for the Deployment to be ready, and a Role kept on deletion
+/// (`deletionPolicy: Retain`). Other templates are one ConfigMap.
 fn template_object(namespace: &str, name: &str, registry: &str) -> Result<TenantTemplate> {
+    let mut spec = json!({
+        "registryId": registry,
+        "configMaps": [{
+            "id": "config",
+            "nameTemplate": format!("{{{{ .uid }}}}-{name}"),
+            "spec": {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "data": { "plan": "{{ .planId }}" },
+            },
+        }],
+    });
+    if name == "web" {
+        spec["namespaces"] = json!([{
+            "id": "space",
+            "nameTemplate": format!("{{{{ .uid }}}}-{namespace}"),
+            "spec": {"apiVersion": "v1", "kind": "Namespace"},
+        }]);
+        spec["secrets"] = json!([{
+            "id": "secret",
+            "nameTemplate": "{{ .uid }}-web",
+            "spec": {"apiVersion": "v1", "kind": "Secret",
+                     "stringData": {"token": "{{ .uid | sha1sum }}"}},
+        }]);
+        spec["deployments"] = json!([{
+            "id": "app",
+            "nameTemplate": "{{ .uid }}-web",
+            "dependIds": ["config", "secret"],
+            "spec": {"apiVersion": "apps/v1", "kind": "Deployment", "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "{{ .uid }}"}},
+                "template": {"metadata": {"labels": {"app": "{{ .uid }}"}},
+                    "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}},
+        }]);
+        spec["services"] = json!([{
+            "id": "svc",
+            "nameTemplate": "{{ .uid }}-web",
+            "dependIds": ["app"],
+            "spec": {"apiVersion": "v1", "kind": "Service", "spec": {
+                "selector": {"app": "{{ .uid }}"}, "ports": [{"port": 80}]}},
+        }]);
+        spec["manifests"] = json!([{
+            "id": "role",
+            "nameTemplate": "{{ .uid }}-web",
+            "deletionPolicy": "Retain",
+            "spec": {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                     "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]},
+        }]);
+    }
     Ok(serde_json::from_value(json!({
         "apiVersion": "operator.kubernetes-tenants.org/v1",
         "kind": "TenantTemplate",
         "metadata": { "name": name, "namespace": namespace },
-        "spec": {
-            "registryId": registry,
-            "configMaps": [{
-                "id": "config",
-                "nameTemplate": format!("{{{{ .uid }}}}-{name}"),
-                "spec": {
-                    "apiVersion": "v1",
-                    "kind": "ConfigMap",
-                    "data": { "plan": "{{ .planId }}" },
-                },
-            }],
-        },
+        "spec": spec,
     }))?)
+}
+
+/// Waits until `uid`'s web Tenant is Ready with its six resources, and checks them.
+async fn stack_is_ready(run: &Run<'_>, uid: &str, plan: &str) -> Result<()> {
+    let tenants = &run.tenants;
+    let name = format!("{uid}-web");
+    let name = &name;
+    eventually(
+        Duration::from_secs(60),
+        &run.what(&format!("{name} Ready with 6 of 6 resources")),
+        || async move {
+            let status = tenants.get(name).await?.status.unwrap_or_default();
+            let ready = condition(&status.conditions, READY).context("no Ready condition")?;
+            ensure!(
+                ready.status == "True" && status.ready_resources == Some(6),
+                "Ready {} {} ({}), {:?} of {:?} ready",
+                ready.status,
+                ready.reason,
+                ready.message,
+                status.ready_resources,
+                status.desired_resources
+            );
+            Ok(true)
+        },
+    )
+    .await?;
+    let client = run.env.client.clone();
+    let ns = run.namespace.as_str();
+    let config = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .context("the ConfigMap")?;
+    ensure!(
+        config
+            .data
+            .unwrap_or_default()
+            .get("plan")
+            .map(String::as_str)
+            == Some(plan),
+        "{name}: ConfigMap plan is not {plan}"
+    );
+    let owner = config.metadata.owner_references.unwrap_or_default();
+    ensure!(
+        owner.iter().any(|o| o.kind == "Tenant" && o.name == *name),
+        "{name}: the ConfigMap is owned by its Tenant: {owner:?}"
+    );
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .context("the Secret")?;
+    let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .context("the Deployment")?;
+    ensure!(
+        deployment.status.and_then(|s| s.available_replicas) == Some(1),
+        "{name}: the Deployment is available"
+    );
+    Api::<Service>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .context("the Service")?;
+    Api::<Role>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .context("the Role")?;
+    let space = Api::<Namespace>::all(client)
+        .get(&format!("{uid}-{ns}"))
+        .await
+        .context("the tenant's Namespace")?;
+    ensure!(
+        space.labels().get(LABEL_TENANT).map(String::as_str) == Some(name.as_str()),
+        "{name}: its Namespace carries the tracking label"
+    );
+    Ok(())
 }
 
 fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
@@ -905,6 +1028,8 @@ async fn rows_become_tenants(run: &Run<'_>, db: &Db) -> Result<()> {
         .await?;
     run.check_tenant(&tenants, "a2", "web", "https://a2.example.com", "silver")
         .await?;
+    stack_is_ready(run, "a1", "gold").await?;
+    stack_is_ready(run, "a2", "silver").await?;
     run.wait_registry(
         REGISTRY,
         "registry desired 2, referencingTemplates 1, Ready True DatabaseConnected",
@@ -974,6 +1099,11 @@ async fn a_changed_row_rewrites_its_tenant_only(run: &Run<'_>, db: &Db) -> Resul
     let changed = run.live_tenants().await?;
     run.check_tenant(&changed, "a2", "web", "https://a2.example.com", "platinum")
         .await?;
+    let a1_config = Api::<ConfigMap>::namespaced(run.env.client.clone(), &run.namespace)
+        .get("a1-web")
+        .await?
+        .resource_version();
+    stack_is_ready(run, "a2", "platinum").await?;
     // Two more syncs: a1's row did not change, so neither does its Tenant.
     tokio::time::sleep(2 * SYNC + Duration::from_millis(500)).await;
     let now = run.tenants.get("a1-web").await?.resource_version();
@@ -1001,6 +1131,14 @@ async fn a_changed_row_rewrites_its_tenant_only(run: &Run<'_>, db: &Db) -> Resul
             .all(|w| !w.starts_with("kubetemplater:coordinator-")),
         "the registry wrote a1-web though its row did not change: {writes:?}"
     );
+    let a1_config_now = Api::<ConfigMap>::namespaced(run.env.client.clone(), &run.namespace)
+        .get("a1-web")
+        .await?
+        .resource_version();
+    ensure!(
+        a1_config_now == a1_config,
+        "a1's ConfigMap was written though its row did not change"
+    );
     Ok(())
 }
 
@@ -1010,6 +1148,50 @@ async fn rows_come_and_go(run: &Run<'_>, db: &Db) -> Result<()> {
     run.wait_tenants(&["a2-web"])
         .await
         .context("a1-web deleted after a1 was deactivated")?;
+    // Its resources go with it; the Role (Retain) stays, released with the orphan markers.
+    let client = run.env.client.clone();
+    let ns = run.namespace.clone();
+    let (client, ns) = (&client, &ns);
+    eventually(
+        TIMEOUT,
+        &run.what("a1's resources deleted, its Role retained"),
+        || async move {
+            let config = Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .get_opt("a1-web")
+                .await?;
+            ensure!(
+                config.is_none_or(|c| c.metadata.deletion_timestamp.is_some()),
+                "the ConfigMap is still there"
+            );
+            let space = Api::<Namespace>::all(client.clone())
+                .get_opt(&format!("a1-{ns}"))
+                .await?;
+            ensure!(
+                space.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
+                "the Namespace is still there"
+            );
+            let role = Api::<Role>::namespaced(client.clone(), ns)
+                .get_opt("a1-web")
+                .await?
+                .context("the Role (Retain) was deleted")?;
+            ensure!(
+                role.labels().get(LABEL_ORPHANED).map(String::as_str) == Some("true")
+                    && !role.labels().contains_key(LABEL_TENANT),
+                "the Role is not released: labels {:?}",
+                role.labels()
+            );
+            ensure!(
+                role.annotations()
+                    .get(ANNOTATION_ORPHANED_REASON)
+                    .map(String::as_str)
+                    == Some("TenantDeleted"),
+                "orphaned-reason {:?}",
+                role.annotations().get(ANNOTATION_ORPHANED_REASON)
+            );
+            Ok(true)
+        },
+    )
+    .await?;
     db.exec(&format!(
         "INSERT INTO {TABLE} (id, url, active, plan) VALUES \
          ('a4', 'https://a4.example.com', '1', 'bronze')"
