@@ -5,10 +5,10 @@
 
 mod common;
 
-use api::{PostgreSqlSslMode, SecretRef};
-use common::{Db, MapSecrets, READ_TIMEOUT, assert_cause, read, row, uids};
+use api::PostgreSqlSslMode;
+use common::{Db, MapSecrets, assert_cause, read, row, uids};
 use devcluster::database::{Engine, unique_name};
-use tenant::datasource::{self, Source, SourceError};
+use tenant::datasource::SourceError;
 
 const SEED: &str = r#"
 CREATE TABLE tenants (
@@ -184,58 +184,13 @@ async fn each_wrong_setting_is_named() {
     );
     assert_cause(&error, "DatabaseNotFound");
 
-    let port = common::free_port();
-    let mut spec = db.spec("tenants", "is_active", &[]);
-    postgresql(&mut spec).port = i32::from(port);
-    let error = read(&spec, &secrets).await.expect_err("nothing listens");
-    assert!(
-        matches!(&error, SourceError::Unreachable { address, detail }
-            if *address == format!("127.0.0.1:{port}") && detail.contains("refused")),
-        "{error}"
-    );
-    assert_cause(&error, "DatabaseUnreachable");
-
-    let mut spec = db.spec("tenants", "is_active", &[]);
-    postgresql(&mut spec).password_ref = Some(SecretRef {
-        name: "no-such-secret".into(),
-        key: "password".into(),
-    });
-    let error = datasource::resolve(&spec, &secrets)
-        .await
-        .expect_err("missing secret");
-    assert!(
-        matches!(&error, SourceError::Secret { field, name, key, .. }
-            if field == "source.postgresql.passwordRef" && name == "no-such-secret" && key == "password"),
-        "{error}"
-    );
-    assert_cause(&error, "SecretUnavailable");
+    common::unreachable_and_missing_secret_are_named(&db).await;
 }
 
 #[tokio::test]
 async fn the_pool_is_kept_between_reads() {
     let db = Db::new(Engine::PostgreSql, "tenant_pool", SEED).await;
-    let source = Source::open(
-        datasource::resolve(&db.spec("tenants", "active_text", EXTRAS), &db.secrets())
-            .await
-            .expect("resolve"),
-    );
-    let first = source.read(READ_TIMEOUT).await.expect("first read");
-    assert_eq!((first.total, first.active.len()), (18, 7));
-    let sessions = db.sessions().await;
-    assert_eq!(sessions.len(), 1, "one pooled connection: {sessions:?}");
-
-    db.execute("INSERT INTO tenants (id, url, active_text, plan_id) VALUES (19, 'new.example.com', 'Yes', 190)")
-        .await;
-    let second = source.read(READ_TIMEOUT).await.expect("second read");
-    assert_eq!(second.total, 19);
-    assert_eq!(uids(&second), [1, 2, 3, 4, 5, 6, 7, 19]);
-    assert_eq!(row(&second, "19").extra["planId"], "190");
-    assert_eq!(
-        db.sessions().await,
-        sessions,
-        "the second read reused the connection"
-    );
-    source.close().await;
+    common::the_pool_is_kept(&db, EXTRAS).await;
 }
 
 #[tokio::test]

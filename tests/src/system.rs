@@ -156,6 +156,27 @@ impl System {
         Ok(names)
     }
 
+    /// Copies the cluster's logs (the coordinators' and workers' included) to
+    /// `$TMPDIR/kt-<test>-logs-<pid>`, which outlives a private cluster: call it before failing.
+    pub fn keep_logs(&self, test: &str) {
+        let from = self.layout().logs_dir();
+        let to = std::env::temp_dir().join(format!("kt-{test}-logs-{}", std::process::id()));
+        let copy = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&to)?;
+            for entry in std::fs::read_dir(&from)? {
+                let entry = entry?;
+                if entry.file_type()?.is_file() {
+                    std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+                }
+            }
+            Ok(())
+        };
+        match copy() {
+            Ok(()) => eprintln!("the cluster's logs are kept in {}", to.display()),
+            Err(e) => eprintln!("keeping the logs of {}: {e}", from.display()),
+        }
+    }
+
     /// The state directory of the processes (their logs are in `logs/`).
     pub fn layout(&self) -> &Layout {
         match &self.base {

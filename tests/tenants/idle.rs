@@ -68,7 +68,7 @@ async fn ten_thousand_ready_tenants_cost_no_writes() -> Result<()> {
     eprintln!("system started in {:.1?}", started.elapsed());
     let result = scenario(&system, &db).await;
     if result.is_err() {
-        keep_logs(&system);
+        system.keep_logs("tenants-idle");
     }
     result
 }
@@ -468,23 +468,3 @@ async fn sync_counts(admin: &str) -> Result<BTreeMap<String, f64>> {
     Ok(Scrape::parse(&text).sum_by(SYNC_COUNT, &[], "result"))
 }
 
-/// Copies the private cluster's logs (the coordinators' and workers' included) somewhere that
-/// outlives it.
-fn keep_logs(system: &System) {
-    let from = system.layout().logs_dir();
-    let to = std::env::temp_dir().join(format!("kt-tenants-idle-logs-{}", std::process::id()));
-    let copy = || -> std::io::Result<()> {
-        std::fs::create_dir_all(&to)?;
-        for entry in std::fs::read_dir(&from)? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
-                std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-            }
-        }
-        Ok(())
-    };
-    match copy() {
-        Ok(()) => eprintln!("the cluster's logs are kept in {}", to.display()),
-        Err(e) => eprintln!("keeping the logs of {}: {e}", from.display()),
-    }
-}

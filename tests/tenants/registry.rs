@@ -323,31 +323,12 @@ async fn registries_turn_rows_into_tenants_on_every_engine() -> Result<()> {
     }
     eprintln!("whole test: {:.1?}", started.elapsed());
     if !failures.is_empty() {
-        keep_logs(&system);
+        system.keep_logs("tenants-registry");
         bail!("{}", failures.join("\n\n"));
     }
     Ok(())
 }
 
-/// Copies the private cluster's logs (the coordinators' included) somewhere that outlives it.
-fn keep_logs(system: &System) {
-    let from = system.layout().logs_dir();
-    let to = std::env::temp_dir().join(format!("kt-tenants-registry-logs-{}", std::process::id()));
-    let copy = || -> std::io::Result<()> {
-        std::fs::create_dir_all(&to)?;
-        for entry in std::fs::read_dir(&from)? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
-                std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-            }
-        }
-        Ok(())
-    };
-    match copy() {
-        Ok(()) => eprintln!("the cluster's logs are kept in {}", to.display()),
-        Err(e) => eprintln!("keeping the logs of {}: {e}", from.display()),
-    }
-}
 
 /// What every engine's run shares.
 struct Env {

@@ -213,3 +213,93 @@ pub fn assert_cause(error: &SourceError, cause: &str) {
 pub fn free_port() -> u16 {
     devcluster::cluster::free_port().expect("a free port")
 }
+
+impl Db {
+    /// The port and password Secret of `spec`'s source, whatever the engine.
+    fn source_fields<'a>(
+        &self,
+        spec: &'a mut TenantRegistrySpec,
+    ) -> (&'a mut i32, &'a mut Option<SecretRef>) {
+        match self.conn.engine {
+            Engine::MariaDb => {
+                let m = spec.source.mysql.as_mut().expect("a mysql source");
+                (&mut m.port, &mut m.password_ref)
+            }
+            Engine::PostgreSql => {
+                let p = spec
+                    .source
+                    .postgresql
+                    .as_mut()
+                    .expect("a postgresql source");
+                (&mut p.port, &mut p.password_ref)
+            }
+        }
+    }
+
+    /// The field name of the password Secret in errors (`source.mysql.passwordRef` …).
+    fn password_field(&self) -> &'static str {
+        match self.conn.engine {
+            Engine::MariaDb => "source.mysql.passwordRef",
+            Engine::PostgreSql => "source.postgresql.passwordRef",
+        }
+    }
+}
+
+/// A port nothing listens on is `Unreachable` (naming the address, with the refusal), and a
+/// password Secret that does not exist is `Secret` (naming the field, Secret and key).
+pub async fn unreachable_and_missing_secret_are_named(db: &Db) {
+    let secrets = db.secrets();
+    let port = free_port();
+    let mut spec = db.spec("tenants", "is_active", &[]);
+    *db.source_fields(&mut spec).0 = i32::from(port);
+    let error = read(&spec, &secrets).await.expect_err("nothing listens");
+    assert!(
+        matches!(&error, SourceError::Unreachable { address, detail }
+            if *address == format!("127.0.0.1:{port}") && detail.contains("refused")),
+        "{error}"
+    );
+    assert_cause(&error, "DatabaseUnreachable");
+
+    let mut spec = db.spec("tenants", "is_active", &[]);
+    *db.source_fields(&mut spec).1 = Some(SecretRef {
+        name: "no-such-secret".into(),
+        key: "password".into(),
+    });
+    let error = datasource::resolve(&spec, &secrets)
+        .await
+        .expect_err("missing secret");
+    let wanted = db.password_field();
+    assert!(
+        matches!(&error, SourceError::Secret { field, name, key, .. }
+            if field == wanted && name == "no-such-secret" && key == "password"),
+        "{error}"
+    );
+    assert_cause(&error, "SecretUnavailable");
+}
+
+/// Two reads on one source use one pooled connection, and the second sees a row inserted in
+/// between. The seed's `tenants` table has 18 rows, 7 of them active by `active_text`.
+pub async fn the_pool_is_kept(db: &Db, extras: &[(&str, &str)]) {
+    let source = Source::open(
+        datasource::resolve(&db.spec("tenants", "active_text", extras), &db.secrets())
+            .await
+            .expect("resolve"),
+    );
+    let first = source.read(READ_TIMEOUT).await.expect("first read");
+    assert_eq!((first.total, first.active.len()), (18, 7));
+    let sessions = db.sessions().await;
+    assert_eq!(sessions.len(), 1, "one pooled connection: {sessions:?}");
+
+    db.execute("INSERT INTO tenants (id, url, active_text, plan_id) VALUES (19, 'new.example.com', 'Yes', 190)")
+        .await;
+    let second = source.read(READ_TIMEOUT).await.expect("second read");
+    assert_eq!(second.total, 19);
+    assert_eq!(uids(&second), [1, 2, 3, 4, 5, 6, 7, 19]);
+    assert_eq!(row(&second, "19").extra["planId"], "190");
+    assert_eq!(
+        db.sessions().await,
+        sessions,
+        "the second read reused the connection"
+    );
+    source.close().await;
+}
