@@ -1179,15 +1179,7 @@ fn run_logged(
     args: &[String],
     log: &Path,
 ) -> Result<()> {
-    if let Some(dir) = log.parent() {
-        fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
-    }
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(Error::io("opening", log))?;
-    let err = out.try_clone().map_err(Error::io("opening", log))?;
+    let (out, err) = process::log_outputs(log)?;
     let status = Command::new(program)
         .args(args)
         .stdin(Stdio::null())

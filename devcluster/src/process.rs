@@ -117,6 +117,20 @@ impl Started {
     }
 }
 
+/// Standard output and error for a process that appends both to `log` (its directory created).
+pub fn log_outputs(log: &Path) -> Result<(fs::File, fs::File)> {
+    if let Some(dir) = log.parent() {
+        fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
+    }
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(Error::io("opening", log))?;
+    let err = out.try_clone().map_err(Error::io("opening", log))?;
+    Ok((out, err))
+}
+
 /// Starts `program` in its own process group, appending its output to `log`.
 pub fn spawn(component: &str, program: &Path, args: &[String], log: &Path) -> Result<Started> {
     spawn_with_env(component, program, args, &[], log)
@@ -130,15 +144,7 @@ pub fn spawn_with_env(
     env: &[(String, String)],
     log: &Path,
 ) -> Result<Started> {
-    if let Some(dir) = log.parent() {
-        fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
-    }
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(Error::io("opening", log))?;
-    let err = out.try_clone().map_err(Error::io("opening", log))?;
+    let (out, err) = log_outputs(log)?;
     let child = Command::new(program)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
