@@ -22,7 +22,7 @@ pub struct Connection {
         global = true
     )]
     pub coordinator: Vec<String>,
-    /// Output format of the admin commands.
+    /// Output format of the admin commands and `tenants`.
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
     pub format: Format,
 }
@@ -107,7 +107,11 @@ pub fn ranges_short(buckets: &[u32], width: usize) -> String {
     format!("{shown} … (+{} ranges)", parts.len() - count)
 }
 
-fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+pub(crate) fn table(
+    out: &mut dyn Write,
+    header: &[&str],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -200,6 +204,51 @@ async fn call_leader(
             Ok(()) => return Ok(()),
             Err(CallError::Final(message)) => return Err(message),
             Err(CallError::TryNext(message)) => tried.push(message),
+        }
+    }
+    if tried.is_empty() {
+        return Err("--coordinator names no address".to_owned());
+    }
+    Err(format!(
+        "no coordinator answered as leader: {}",
+        tried.join("; ")
+    ))
+}
+
+/// The leader's bucket map, trying the addresses of `connection` in order as the admin commands
+/// do (a standby or an unreachable address is skipped). Connecting and the call are bounded, so
+/// a command that only decorates its output with owners does not hang on a filtered address.
+pub async fn bucket_map(connection: &Connection) -> Result<v1::GetBucketMapResponse, String> {
+    let mut tried = Vec::new();
+    for address in connection
+        .coordinator
+        .iter()
+        .map(|a| a.trim())
+        .filter(|a| !a.is_empty())
+    {
+        let endpoint = match tonic::transport::Endpoint::from_shared(address.to_owned()) {
+            Ok(e) => e
+                .connect_timeout(std::time::Duration::from_secs(3))
+                .timeout(std::time::Duration::from_secs(10)),
+            Err(e) => {
+                tried.push(format!("{address}: {e}"));
+                continue;
+            }
+        };
+        let mut client = match endpoint.connect().await {
+            Ok(channel) => AdminServiceClient::new(channel),
+            Err(e) => {
+                tried.push(format!("cannot reach {address}: {e}"));
+                continue;
+            }
+        };
+        match client.get_bucket_map(v1::GetBucketMapRequest {}).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(e) => tried.push(format!(
+                "{address} answered {:?}: {}",
+                e.code(),
+                e.message()
+            )),
         }
     }
     if tried.is_empty() {
@@ -447,7 +496,7 @@ async fn call(
     }
 }
 
-fn print_json(out: &mut dyn Write, value: &serde_json::Value) -> std::io::Result<()> {
+pub(crate) fn print_json(out: &mut dyn Write, value: &serde_json::Value) -> std::io::Result<()> {
     writeln!(
         out,
         "{}",

@@ -8,10 +8,14 @@
 //!   database row and prints the objects in dependency order.
 //! - `ktctl workers | buckets [--wide] | locate <namespace> | handoffs | drain <worker>`: the
 //!   coordinator's admin API (`--coordinator URL`, `--format json`).
+//! - `ktctl tenants <registry> [-n NS] [--kubeconfig PATH]`: a TenantRegistry's Tenants with their
+//!   bucket, owning worker and readiness (the cluster through the kubeconfig, owners from the
+//!   coordinator).
 
 pub mod admin;
 pub mod input;
 pub mod render;
+pub mod tenants;
 pub mod validate;
 
 use std::io::Write;
@@ -45,6 +49,8 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Render a TenantTemplate for one registry row and print the objects in apply order.
     Render(render::RenderArgs),
+    /// A TenantRegistry's Tenants: row uid, Tenant, template, bucket, owning worker, readiness.
+    Tenants(tenants::TenantsArgs),
     /// The coordinator's admin API.
     #[command(flatten)]
     Admin(admin::AdminCommand),
@@ -55,6 +61,7 @@ pub fn run(args: Args, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
     let code = match args.command {
         Command::Validate(a) => validate::run(&a, out, err),
         Command::Render(a) => render::run(&a, out, err),
+        Command::Tenants(a) => tenants::run(&args.connection, &a, out, err),
         Command::Admin(c) => admin::run(&args.connection, &c, out, err),
     };
     ExitCode::from(code)

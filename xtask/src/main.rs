@@ -8,6 +8,7 @@
 //! - `gen`   regenerate `deploy/crds/` (`--check` fails when the checked-in YAML is stale)
 //! - `build` only build the devcluster binaries
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use devcluster::{ClusterConfig, Layout, stack, testing, toolchain};
+use serde::Deserialize as _;
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "kubetemplater project chores")]
@@ -162,29 +164,172 @@ fn install_crds(kubeconfig: &Path, devcluster: bool) -> Result<()> {
     Ok(())
 }
 
-/// Applies the samples. A KubeTemplate can be refused for a second after its policy was created
-/// (the webhooks' policy caches are watch-fed), so a refusal is retried for up to 15 s.
-fn apply_samples(kubeconfig: &Path) -> Result<()> {
+/// The sample TenantRegistry backed by the demo database: `deploy/samples/tenants.yaml`'s
+/// `tenants/local`.
+const DEMO_REGISTRY: (&str, &str) = ("tenants", "local");
+
+/// The demo's tenant table: three rows, two active. Rows already there are left alone, so rows
+/// edited for a try-out (`sqlite3 .local/demo/tenants.db "UPDATE tenants SET is_active='1'"`)
+/// survive the next `up`.
+const DEMO_ROWS: [(&str, &str, &str, &str); 3] = [
+    ("acme", "https://acme.example.com", "1", "gold"),
+    ("globex", "https://globex.example.com", "1", "silver"),
+    ("initech", "https://initech.example.com", "0", "bronze"),
+];
+
+/// Creates (idempotently) the SQLite database the sample registry `tenants/local` reads:
+/// `<state dir>/demo/tenants.db` with table `tenants (id, url, is_active, plan_id)`; returns its
+/// absolute path. Rollback journal, not WAL: the coordinator opens it read-only, and a read-only
+/// reader of a WAL database needs its `-shm` file.
+async fn demo_database(state_dir: &Path) -> Result<PathBuf> {
+    use sqlx::Connection as _;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
+
+    let dir = state_dir.join("demo");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir =
+        std::fs::canonicalize(&dir).with_context(|| format!("resolving {}", dir.display()))?;
+    let path = dir.join("tenants.db");
+    let what = || format!("creating the demo database {}", path.display());
+    let mut db = SqliteConnection::connect_with(
+        &SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Delete),
+    )
+    .await
+    .with_context(what)?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS tenants \
+         (id TEXT PRIMARY KEY, url TEXT NOT NULL, is_active TEXT NOT NULL, plan_id TEXT)",
+    )
+    .execute(&mut db)
+    .await
+    .with_context(what)?;
+    for (id, url, active, plan) in DEMO_ROWS {
+        sqlx::query(
+            "INSERT OR IGNORE INTO tenants (id, url, is_active, plan_id) VALUES (?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(url)
+        .bind(active)
+        .bind(plan)
+        .execute(&mut db)
+        .await
+        .with_context(what)?;
+    }
+    db.close().await.with_context(what)?;
+    Ok(path)
+}
+
+/// The sample files' documents as one multi-document YAML stream, in `kubectl apply -f <dir>`
+/// order (files by name), with the SQLite path of the registry [`DEMO_REGISTRY`] replaced by
+/// `database`. The YAML is static and the path depends on the checkout, so it is substituted
+/// here instead of being templated in the file: the file stays a plain manifest that applies
+/// as it is (`kubectl apply -f deploy/samples/`; the registry then reports its database missing).
+fn samples_with_demo_database(samples_dir: &Path, database: &Path) -> Result<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(samples_dir)
+        .with_context(|| format!("reading {}", samples_dir.display()))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", samples_dir.display()))?;
+    files.retain(|p| {
+        matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        )
+    });
+    files.sort();
+    let mut stream = String::new();
+    let mut replaced = false;
+    for file in &files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let mut value = serde_yaml::Value::deserialize(document)
+                .with_context(|| format!("parsing {}", file.display()))?;
+            if value.is_null() {
+                continue;
+            }
+            let is_demo = value["kind"].as_str() == Some("TenantRegistry")
+                && value["metadata"]["namespace"].as_str() == Some(DEMO_REGISTRY.0)
+                && value["metadata"]["name"].as_str() == Some(DEMO_REGISTRY.1);
+            if is_demo {
+                let sqlite = value
+                    .get_mut("spec")
+                    .and_then(|s| s.get_mut("source"))
+                    .and_then(|s| s.get_mut("sqlite"))
+                    .and_then(serde_yaml::Value::as_mapping_mut)
+                    .with_context(|| {
+                        format!(
+                            "{}: TenantRegistry {}/{} has no spec.source.sqlite",
+                            file.display(),
+                            DEMO_REGISTRY.0,
+                            DEMO_REGISTRY.1
+                        )
+                    })?;
+                sqlite.insert(
+                    "path".into(),
+                    database.to_string_lossy().into_owned().into(),
+                );
+                replaced = true;
+            }
+            stream.push_str("---\n");
+            stream.push_str(&serde_yaml::to_string(&value)?);
+        }
+    }
+    if !replaced {
+        bail!(
+            "{} holds no TenantRegistry {}/{} (the demo registry) to point at {}",
+            samples_dir.display(),
+            DEMO_REGISTRY.0,
+            DEMO_REGISTRY.1,
+            database.display()
+        );
+    }
+    Ok(stream)
+}
+
+/// Applies the samples, the sample TenantRegistry `tenants/local` pointing at the demo database
+/// (created first, see [`demo_database`]); returns the database's path. A KubeTemplate can be
+/// refused for a second after its policy was created (the webhooks' policy caches are
+/// watch-fed), so a refusal is retried for up to 15 s.
+async fn apply_samples(kubeconfig: &Path) -> Result<PathBuf> {
+    let database = demo_database(Layout::shared().root()).await?;
+    let stream = samples_with_demo_database(&repo().join("deploy/samples"), &database)?;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let output = kubectl(kubeconfig)
+        let mut apply = kubectl(kubeconfig);
+        apply
             .args([
                 "apply",
                 "--server-side",
                 "--field-manager=kubetemplater-samples",
                 "-f",
+                "-",
             ])
-            .arg(repo().join("deploy/samples"))
-            .output()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = apply
+            .spawn()
+            .context("running kubectl apply on deploy/samples")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(stream.as_bytes())
+                .context("writing the samples to kubectl")?;
+        }
+        let output = child
+            .wait_with_output()
             .context("running kubectl apply on deploy/samples")?;
         if output.status.success() {
-            return Ok(());
+            return Ok(database);
         }
         let stderr = String::from_utf8_lossy(&output.stderr);
         if Instant::now() >= deadline || !stderr.contains("denied the request") {
             bail!("applying the samples failed:\n{stderr}");
         }
-        std::thread::sleep(Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -299,7 +444,7 @@ async fn up(release: bool, workers: u32) -> Result<()> {
     install_crds(&e.kubeconfig, true)?;
     let webhooks = restart_webhooks(&bin, 2).await?;
     let (coordinators, workers) = restart_shards(&bin, workers).await?;
-    apply_samples(&e.kubeconfig)?;
+    let demo_database = apply_samples(&e.kubeconfig).await?;
     let rel = |p: &Path| {
         p.strip_prefix(repo())
             .map(Path::to_path_buf)
@@ -354,6 +499,11 @@ async fn up(release: bool, workers: u32) -> Result<()> {
     println!(
         "  shard map        cargo run -q -p ktctl -- buckets  (also: workers, locate <ns>, handoffs)"
     );
+    println!(
+        "  tenant demo      TenantRegistry tenants/local reads {} (3 rows, 2 active);",
+        rel(&demo_database).display()
+    );
+    println!("                   cargo run -q -p ktctl -- tenants local -n tenants");
     println!("  audit log        {}", rel(&e.audit_log).display());
     println!("  logs             {}/", rel(&e.logs).display());
     println!(
@@ -424,7 +574,7 @@ async fn test(kubeconfig: Option<PathBuf>, cargo_args: Vec<String>) -> Result<Ex
             stop_shards(&endpoints);
         }
     }
-    apply_samples(&admin_kubeconfig)?;
+    apply_samples(&admin_kubeconfig).await?;
     cmd.args(&cargo_args);
     let status = cmd.status().context("running cargo test")?;
     // Test namespaces are deleted whether the tests passed or not.
@@ -445,4 +595,89 @@ async fn test(kubeconfig: Option<PathBuf>, cargo_args: Vec<String>) -> Result<Ex
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test fixtures")]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_demo_database_is_created_once_and_keeps_edited_rows() {
+        use sqlx::Connection as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = demo_database(dir.path()).await.unwrap();
+        assert!(path.is_absolute() && path.ends_with("demo/tenants.db"));
+        let mut db =
+            sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .unwrap();
+        sqlx::query("UPDATE tenants SET is_active = '1' WHERE id = 'initech'")
+            .execute(&mut db)
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+        assert_eq!(demo_database(dir.path()).await.unwrap(), path);
+        let mut db =
+            sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .unwrap();
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, is_active FROM tenants ORDER BY id")
+                .fetch_all(&mut db)
+                .await
+                .unwrap();
+        assert_eq!(
+            rows,
+            [("acme", "1"), ("globex", "1"), ("initech", "1")]
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+    }
+
+    #[test]
+    fn the_samples_point_the_local_registry_at_the_demo_database() {
+        let database = Path::new("/somewhere/.local/demo/tenants.db");
+        let stream = samples_with_demo_database(&repo().join("deploy/samples"), database).unwrap();
+        let documents: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&stream)
+            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+            .collect();
+        let registries: Vec<&serde_yaml::Value> = documents
+            .iter()
+            .filter(|d| d["kind"].as_str() == Some("TenantRegistry"))
+            .collect();
+        let local = registries
+            .iter()
+            .find(|r| r["metadata"]["name"].as_str() == Some("local"))
+            .unwrap();
+        assert_eq!(
+            local["spec"]["source"]["sqlite"]["path"].as_str(),
+            Some("/somewhere/.local/demo/tenants.db")
+        );
+        assert_eq!(
+            local["spec"]["source"]["sqlite"]["table"].as_str(),
+            Some("tenants")
+        );
+        // Everything else as in the files: both APIs, the MySQL registry untouched.
+        for kind in [
+            "KubeTemplatePolicy",
+            "KubeTemplate",
+            "TenantTemplate",
+            "Namespace",
+        ] {
+            assert!(
+                documents.iter().any(|d| d["kind"].as_str() == Some(kind)),
+                "{kind}"
+            );
+        }
+        let mysql = registries
+            .iter()
+            .find(|r| r["metadata"]["name"].as_str() == Some("mysql"))
+            .unwrap();
+        assert_eq!(
+            mysql["spec"]["source"]["mysql"]["host"].as_str(),
+            Some("mysql.tenants.svc.cluster.local")
+        );
+    }
 }
