@@ -48,6 +48,9 @@ use crate::writes::WriteError;
 /// How long to wait before looking again at objects that are not ready.
 pub const READINESS_POLL: Duration = Duration::from_secs(2);
 
+/// Tenants remembered between passes before completed entries are dropped.
+const MAX_PROGRESS: usize = 200_000;
+
 /// What a Tenant reconcile did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TenantOutcome {
@@ -464,7 +467,13 @@ impl TenantReconciler {
             .await;
         }
         if complete {
-            lock(&self.progress).insert(
+            let mut progress = lock(&self.progress);
+            // Entries of Tenants this worker no longer owns (handed off) are never looked at
+            // again: bound the map by dropping the completed ones when it grows large.
+            if progress.len() >= MAX_PROGRESS {
+                progress.retain(|_, p| p.complete_at.is_none());
+            }
+            progress.insert(
                 uid.clone(),
                 Progress {
                     digest,
