@@ -149,9 +149,9 @@ pub struct TenantReconciler {
     progress: Arc<Mutex<HashMap<String, Progress>>>,
     metrics: TenantMetrics,
     events: Option<Recorder>,
-    /// Last event published per Tenant uid (reason and note): a retry that fails the same way
-    /// publishes nothing new.
-    reported: Arc<Mutex<HashMap<String, (String, String)>>>,
+    /// Digest of the last event published per Tenant uid (reason and note): a retry that fails
+    /// the same way publishes nothing new.
+    reported: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl std::fmt::Debug for TenantReconciler {
@@ -223,7 +223,12 @@ impl TenantReconciler {
             return;
         };
         let uid = tenant.metadata.uid.clone().unwrap_or_default();
-        let entry = (reason.to_owned(), note.clone());
+        let entry = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (reason, note.as_str()).hash(&mut hasher);
+            hasher.finish()
+        };
         if lock(&self.reported).get(&uid) == Some(&entry) {
             return;
         }
@@ -248,7 +253,12 @@ impl TenantReconciler {
         };
         match recorder.publish(&event, &tenant.object_ref(&())).await {
             Ok(()) => {
-                lock(&self.reported).insert(uid, entry);
+                let mut reported = lock(&self.reported);
+                if reported.len() >= MAX_PROGRESS {
+                    // Handed-off Tenants' entries: forgetting them costs at most a repeated event.
+                    reported.clear();
+                }
+                reported.insert(uid, entry);
             }
             Err(error) => tracing::debug!(%error, reason, "publishing an event failed"),
         }
