@@ -22,6 +22,12 @@ use serde_json::{Value, json};
 use worker::apply::Applier;
 use worker::tenant::reconcile::{TenantError, TenantOutcome, TenantReconciler};
 
+/// A bucket beyond the real ones (0..1024), so workers of a system running on the same cluster
+/// leave these Tenants to the test (see tests/drift.rs).
+fn bucket() -> String {
+    rand::random_range(3_000_000..4_000_000u32).to_string()
+}
+
 fn tenant(name: &str, uid: &str, extra: Value, spec: Value) -> Tenant {
     let mut spec = spec;
     spec["uid"] = json!(uid);
@@ -31,7 +37,7 @@ fn tenant(name: &str, uid: &str, extra: Value, spec: Value) -> Tenant {
         "kind": "Tenant",
         "metadata": {
             "name": name,
-            "labels": {"kubernetes-tenants.org/registry": "reg", "kubetemplater.io/bucket": "3"},
+            "labels": {"kubernetes-tenants.org/registry": "reg", "kubetemplater.io/bucket": bucket()},
             "annotations": {
                 "kubernetes-tenants.org/hostOrUrl": format!("https://{uid}.example.com"),
                 "kubernetes-tenants.org/activate": "1",
@@ -361,4 +367,79 @@ async fn conflicts_stuck_then_forced_and_a_readiness_timeout_skips_dependants() 
     let s1 = tenants.get("s1").await.unwrap();
     assert_eq!(s1.status.as_ref().unwrap().failed_resources, Some(2));
     assert_eq!(condition(&s1, "Ready").1, "ResourcesFailed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn merge_creates_and_is_strategic_for_built_in_kinds() {
+    let target = devcluster::testing::target().await.unwrap();
+    let client = target.client().await.unwrap();
+    let ns = target
+        .namespace_without_admission("tenant-merge")
+        .await
+        .unwrap();
+    let reconciler = TenantReconciler::new(Applier::new(client.clone()), 4);
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+
+    // Someone else runs the Deployment with a sidecar.
+    let theirs: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
+                {"name": "web", "image": "nginx:1.26"},
+                {"name": "sidecar", "image": "busybox:1.36"}
+            ]}}}
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+
+    let spec = json!({
+        "deployments": [{"id": "web", "patchStrategy": "merge", "waitForReady": false,
+            "spec": {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+                "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}}}],
+        "configMaps": [{"id": "fresh", "patchStrategy": "merge",
+            "spec": {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fresh"},
+                     "data": {"k": "v"}}}]
+    });
+    tenants
+        .create(&PostParams::default(), &tenant("m1", "m1", json!({}), spec))
+        .await
+        .unwrap();
+    let outcome = settle(&reconciler, &tenants, "m1", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, TenantOutcome::Applied { .. }),
+        "{outcome:?}"
+    );
+    let containers: Vec<(String, String)> = deployments
+        .get("web")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .map(|c| (c.name, c.image.unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        containers,
+        [
+            ("web".to_owned(), "nginx:1.27".to_owned()),
+            ("sidecar".to_owned(), "busybox:1.36".to_owned())
+        ],
+        "strategic merge: containers merged by name, the sidecar kept"
+    );
+    assert_eq!(
+        configmaps.get("fresh").await.unwrap().data.unwrap()["k"],
+        "v",
+        "merge creates a missing object"
+    );
 }

@@ -672,11 +672,16 @@ impl TenantReconciler {
                     field_manager: Some(FIELD_MANAGER.to_owned()),
                     ..PatchParams::default()
                 };
+                // Strategic merge where the kind has one (the built-in kinds: lists such as
+                // containers merge by their keys), JSON merge patch otherwise (custom resources).
+                let strategic = builtin_api_version(&object.kind) == Some(object.api_version.as_str());
+                let patch = if strategic {
+                    Patch::Strategic(&object.object)
+                } else {
+                    Patch::Merge(&object.object)
+                };
                 match writes
-                    .send(
-                        "merge",
-                        api.patch(&object.name, &params, &Patch::Merge(&object.object)),
-                    )
+                    .send("merge", api.patch(&object.name, &params, &patch))
                     .await
                 {
                     Err(e) if e.status_code() == Some(404) => writes
