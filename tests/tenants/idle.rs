@@ -467,4 +467,3 @@ async fn sync_counts(admin: &str) -> Result<BTreeMap<String, f64>> {
         .await?;
     Ok(Scrape::parse(&text).sum_by(SYNC_COUNT, &[], "result"))
 }
-

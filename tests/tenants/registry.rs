@@ -329,7 +329,6 @@ async fn registries_turn_rows_into_tenants_on_every_engine() -> Result<()> {
     Ok(())
 }
 
-
 /// What every engine's run shares.
 struct Env {
     client: Client,

@@ -674,7 +674,8 @@ impl TenantReconciler {
                 };
                 // Strategic merge where the kind has one (the built-in kinds: lists such as
                 // containers merge by their keys), JSON merge patch otherwise (custom resources).
-                let strategic = builtin_api_version(&object.kind) == Some(object.api_version.as_str());
+                let strategic =
+                    builtin_api_version(&object.kind) == Some(object.api_version.as_str());
                 let patch = if strategic {
                     Patch::Strategic(&object.object)
                 } else {
