@@ -8,12 +8,14 @@
 //! not have.
 //!
 //! Every object gets the annotation `kubernetes-tenants.org/deletion-policy` (and
-//! `kubernetes-tenants.org/created-once: "true"` with `creationPolicy: Once`) and the bucket label
-//! of its Tenant. In the Tenant's namespace with `deletionPolicy: Delete` (and not a Namespace) it
-//! gets a controller owner reference to the Tenant, so the garbage collector removes it with the
-//! Tenant; otherwise (another namespace, a Namespace, Retain) the tracking labels
-//! `kubernetes-tenants.org/tenant` and `…/tenant-namespace` instead. Cluster-scoped kinds other
-//! than Namespace are switched to tracking labels at apply time, once discovery says so.
+//! `kubernetes-tenants.org/created-once: "true"` with `creationPolicy: Once`), the bucket label
+//! of its Tenant and the tracking labels `kubernetes-tenants.org/tenant` and `…/tenant-namespace`
+//! (the original's documentation lists a tenant's objects with
+//! `kubectl get deployments,services -l kubernetes-tenants.org/tenant`; its code set them only on
+//! objects without an owner). In the Tenant's namespace with `deletionPolicy: Delete` (and not a
+//! Namespace) an object also gets a controller owner reference to the Tenant, so the garbage
+//! collector removes it with the Tenant. Cluster-scoped kinds other than Namespace lose the owner
+//! reference at apply time, once discovery says they are cluster-scoped.
 
 use std::collections::BTreeMap;
 
@@ -242,10 +244,8 @@ fn decorate(
             if let Some(bucket) = tenant.labels().get(LABEL_BUCKET) {
                 labels.insert(LABEL_BUCKET.to_owned(), json!(bucket));
             }
-            if !owned {
-                labels.insert(LABEL_TENANT.to_owned(), json!(tenant_name));
-                labels.insert(LABEL_TENANT_NAMESPACE.to_owned(), json!(tenant_namespace));
-            }
+            labels.insert(LABEL_TENANT.to_owned(), json!(tenant_name));
+            labels.insert(LABEL_TENANT_NAMESPACE.to_owned(), json!(tenant_namespace));
         }
         if let Some(annotations) = meta
             .entry("annotations")
@@ -295,9 +295,9 @@ fn decorate(
     }
 }
 
-/// Switches an owned object to tracking labels (a cluster-scoped kind cannot be owned by a
-/// namespaced Tenant).
-pub fn unown(object: &mut TenantObject, tenant: &Tenant) {
+/// Drops the owner reference of an object (a cluster-scoped kind cannot be owned by a
+/// namespaced Tenant); its tracking labels remain.
+pub fn unown(object: &mut TenantObject) {
     if !object.owned {
         return;
     }
@@ -308,13 +308,6 @@ pub fn unown(object: &mut TenantObject, tenant: &Tenant) {
         .and_then(Value::as_object_mut)
     {
         meta.remove("ownerReferences");
-        if let Some(labels) = meta.get_mut("labels").and_then(Value::as_object_mut) {
-            labels.insert(LABEL_TENANT.to_owned(), json!(tenant.name_any()));
-            labels.insert(
-                LABEL_TENANT_NAMESPACE.to_owned(),
-                json!(tenant.namespace().unwrap_or_default()),
-            );
-        }
     }
 }
 

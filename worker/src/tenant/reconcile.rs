@@ -531,7 +531,7 @@ impl TenantReconciler {
             }
         };
         if !resolved.namespaced {
-            desired::unown(&mut object, tenant);
+            desired::unown(&mut object);
             if let Some(meta) = object
                 .object
                 .get_mut("metadata")

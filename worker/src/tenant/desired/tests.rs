@@ -65,7 +65,10 @@ fn objects_come_in_levels_with_owner_or_tracking_labels() {
     assert_eq!(meta["ownerReferences"][0]["uid"], "u-1");
     assert_eq!(meta["ownerReferences"][0]["controller"], true);
     assert_eq!(meta["labels"][LABEL_BUCKET], "7");
-    assert!(meta["labels"].get(LABEL_TENANT).is_none());
+    assert_eq!(
+        meta["labels"][LABEL_TENANT], "acme-web",
+        "tracking labels on owned objects too, as the original's documentation lists them"
+    );
     assert_eq!(meta["annotations"][ANNOTATION_DELETION_POLICY], "Delete");
 
     for id in ["ns", "remote", "kept"] {
