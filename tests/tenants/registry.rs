@@ -5,7 +5,8 @@
 //! and a new row's come; a second template doubles them; an unreachable database (a stopped
 //! server, a moved SQLite file) changes no Tenant and says why in `Ready`; an emptied table is held
 //! back by the deletion brake until the deletions are confirmed. And a registry naming a missing
-//! table says `TableNotFound`.
+//! table says `TableNotFound`. And the original's quick start, with its table, names and
+//! manifests, behaves as its documentation says.
 //!
 //! The workers render template `web` into a whole stack per row (Namespace, ConfigMap, Secret,
 //! Deployment made Ready by kwok, Service after it, a Role with `deletionPolicy: Retain`): the
@@ -39,6 +40,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
 use kubetemplater_e2e::eventually;
 use kubetemplater_e2e::system::System;
+use serde::Deserialize as _;
 use serde_json::json;
 use sqlx::Connection as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
@@ -305,7 +307,9 @@ async fn registries_turn_rows_into_tenants_on_every_engine() -> Result<()> {
         }
     });
     let missing_table = missing_table(&env, servers.dir.path());
-    let (runs, missing_table) = tokio::join!(futures::future::join_all(runs), missing_table);
+    let quickstart = the_documented_quickstart(&env, &servers.layout);
+    let (runs, missing_table, quickstart) =
+        tokio::join!(futures::future::join_all(runs), missing_table, quickstart);
 
     let mut failures = Vec::new();
     for (kind, result, took) in runs {
@@ -320,6 +324,10 @@ async fn registries_turn_rows_into_tenants_on_every_engine() -> Result<()> {
     if let Err(e) = missing_table {
         eprintln!("missing table: FAILED: {e:#}");
         failures.push(format!("missing table: {e:#}"));
+    }
+    if let Err(e) = quickstart {
+        eprintln!("the documented quickstart: FAILED: {e:#}");
+        failures.push(format!("the documented quickstart: {e:#}"));
     }
     eprintln!("whole test: {:.1?}", started.elapsed());
     if !failures.is_empty() {
@@ -1368,5 +1376,249 @@ async fn the_brake_holds_an_empty_result(run: &Run<'_>, db: &Db) -> Result<()> {
         Ok(())
     })
     .await?;
+    Ok(())
+}
+
+/// The original's quick start (its docs/quickstart.md), with its names and shapes: a MySQL table
+/// `tenant_configs (tenant_id, tenant_url, is_active, subscription_plan)` with acme-corp and
+/// beta-inc active and gamma-llc not, registry `test-registry`, template `test-template` with a
+/// Deployment and a Service `<uid>-app`, applied as YAML. As documented: Tenants
+/// `<uid>-test-template`, Ready; `-l kubernetes-tenants.org/tenant` lists the resources; a new
+/// row adds a tenant; a deactivated row's Tenant and resources go. (The documented sync interval,
+/// 30 s, is 2 s here.)
+async fn the_documented_quickstart(env: &Env, layout: &Layout) -> Result<()> {
+    let db = Db::server(layout, Engine::MariaDb).await?;
+    let Db::Server(server) = &db else {
+        bail!("a MariaDB server");
+    };
+    let c = &server.connection;
+    db.exec(
+        "CREATE TABLE tenant_configs (tenant_id VARCHAR(64) PRIMARY KEY, tenant_url VARCHAR(255), \
+         is_active TINYINT(1), subscription_plan VARCHAR(32));
+         INSERT INTO tenant_configs VALUES \
+         ('acme-corp', 'https://acme.example.com', 1, 'enterprise'), \
+         ('beta-inc', 'https://beta.example.com', 1, 'startup'), \
+         ('gamma-llc', 'https://gamma.example.com', 0, 'trial');",
+    )
+    .await?;
+    let client = &env.client;
+    let ns = namespace(client, "tenants-quickstart").await?;
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some("mysql-credentials".to_owned()),
+                    ..ObjectMeta::default()
+                },
+                string_data: Some(BTreeMap::from([(
+                    "password".to_owned(),
+                    c.password.clone(),
+                )])),
+                ..Secret::default()
+            },
+        )
+        .await?;
+    let manifests = format!(
+        r#"
+apiVersion: operator.kubernetes-tenants.org/v1
+kind: TenantRegistry
+metadata:
+  name: test-registry
+  namespace: {ns}
+spec:
+  source:
+    type: mysql
+    syncInterval: 2s
+    mysql:
+      host: {host}
+      port: {port}
+      username: {user}
+      passwordRef:
+        name: mysql-credentials
+        key: password
+      database: {database}
+      table: tenant_configs
+  valueMappings:
+    uid: tenant_id
+    hostOrUrl: tenant_url
+    activate: is_active
+  extraValueMappings:
+    planId: subscription_plan
+---
+apiVersion: operator.kubernetes-tenants.org/v1
+kind: TenantTemplate
+metadata:
+  name: test-template
+  namespace: {ns}
+spec:
+  registryId: test-registry
+  deployments:
+    - id: app
+      nameTemplate: "{{{{ .uid }}}}-app"
+      spec:
+        apiVersion: apps/v1
+        kind: Deployment
+        spec:
+          replicas: 1
+          selector:
+            matchLabels:
+              app: "{{{{ .uid }}}}"
+          template:
+            metadata:
+              labels:
+                app: "{{{{ .uid }}}}"
+            spec:
+              containers:
+                - name: app
+                  image: nginx:stable
+                  env:
+                    - name: TENANT_HOST
+                      value: "{{{{ .host }}}}"
+                    - name: PLAN
+                      value: "{{{{ .planId }}}}"
+  services:
+    - id: svc
+      nameTemplate: "{{{{ .uid }}}}-app"
+      dependIds: [app]
+      spec:
+        apiVersion: v1
+        kind: Service
+        spec:
+          selector:
+            app: "{{{{ .uid }}}}"
+          ports:
+            - port: 80
+              targetPort: 8080
+"#,
+        host = c.host,
+        port = c.port,
+        user = c.username,
+        database = c.database,
+    );
+    for document in serde_yaml::Deserializer::from_str(&manifests) {
+        let value = serde_json::Value::deserialize(document)?;
+        let object: kube::api::DynamicObject = serde_json::from_value(value.clone())?;
+        let kind = object
+            .types
+            .as_ref()
+            .map(|t| t.kind.clone())
+            .unwrap_or_default();
+        let name = object.metadata.name.clone().unwrap_or_default();
+        let resource = if kind == "TenantRegistry" {
+            kube::api::ApiResource::erase::<TenantRegistry>(&())
+        } else {
+            kube::api::ApiResource::erase::<TenantTemplate>(&())
+        };
+        Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), &ns, &resource)
+            .patch(
+                &name,
+                &PatchParams::apply("quickstart"),
+                &Patch::Apply(&value),
+            )
+            .await
+            .with_context(|| format!("applying {kind} {name} as written in the docs"))?;
+    }
+
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let wait_ready = |expected: Vec<&'static str>| {
+        let (tenants, deployments, services) = (&tenants, &deployments, &services);
+        async move {
+            eventually(
+                Duration::from_secs(60),
+                &format!("quickstart: Tenants {expected:?} Ready with their resources listed by label"),
+                || {
+                    let expected = expected.clone();
+                    async move {
+                        let live: BTreeMap<String, bool> = tenants
+                            .list(&ListParams::default())
+                            .await?
+                            .items
+                            .into_iter()
+                            .filter(|t| t.metadata.deletion_timestamp.is_none())
+                            .map(|t| {
+                                let ready = t.status.as_ref().is_some_and(|s| {
+                                    condition(&s.conditions, READY)
+                                        .is_some_and(|c| c.status == "True")
+                                });
+                                (t.name_any(), ready)
+                            })
+                            .collect();
+                        let wanted: BTreeMap<String, bool> = expected
+                            .iter()
+                            .map(|uid| (format!("{uid}-test-template"), true))
+                            .collect();
+                        ensure!(live == wanted, "Tenants (name → Ready): {live:?}");
+                        let by_label = ListParams::default().labels(LABEL_TENANT);
+                        let mut names: Vec<String> = deployments
+                            .list(&by_label)
+                            .await?
+                            .items
+                            .into_iter()
+                            .filter(|d| d.metadata.deletion_timestamp.is_none())
+                            .map(|d| format!("deployment/{}", d.name_any()))
+                            .chain(
+                                services
+                                    .list(&by_label)
+                                    .await?
+                                    .items
+                                    .into_iter()
+                                    .filter(|s| s.metadata.deletion_timestamp.is_none())
+                                    .map(|s| format!("service/{}", s.name_any())),
+                            )
+                            .collect();
+                        names.sort();
+                        let mut want: Vec<String> = expected
+                            .iter()
+                            .flat_map(|uid| {
+                                [format!("deployment/{uid}-app"), format!("service/{uid}-app")]
+                            })
+                            .collect();
+                        want.sort();
+                        ensure!(
+                            names == want,
+                            "kubectl get deployments,services -l kubernetes-tenants.org/tenant: {names:?}"
+                        );
+                        Ok(true)
+                    }
+                },
+            )
+            .await
+        }
+    };
+    wait_ready(vec!["acme-corp", "beta-inc"]).await?;
+    let acme = deployments.get("acme-corp-app").await?;
+    let env_of = |d: &Deployment| -> BTreeMap<String, String> {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .map(|s| s.containers[0].env.clone().unwrap_or_default())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.name, e.value.unwrap_or_default()))
+            .collect()
+    };
+    ensure!(
+        env_of(&acme)
+            == BTreeMap::from([
+                ("PLAN".to_owned(), "enterprise".to_owned()),
+                ("TENANT_HOST".to_owned(), "acme.example.com".to_owned())
+            ]),
+        "acme-corp-app's environment: {:?}",
+        env_of(&acme)
+    );
+
+    // "Add a New Tenant", then "Deactivate a Tenant".
+    db.exec(
+        "INSERT INTO tenant_configs (tenant_id, tenant_url, is_active, subscription_plan) \
+         VALUES ('delta-co', 'https://delta.example.com', 1, 'enterprise');",
+    )
+    .await?;
+    wait_ready(vec!["acme-corp", "beta-inc", "delta-co"]).await?;
+    db.exec("UPDATE tenant_configs SET is_active = 0 WHERE tenant_id = 'acme-corp';")
+        .await?;
+    wait_ready(vec!["beta-inc", "delta-co"]).await?;
     Ok(())
 }
