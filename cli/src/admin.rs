@@ -154,6 +154,20 @@ fn bucket_state(state: i32) -> &'static str {
     }
 }
 
+/// A current-thread runtime for one command; `None` (said on `err`) when it cannot start.
+pub(crate) fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            let _ = writeln!(err, "ktctl: starting the async runtime: {e}");
+            None
+        }
+    }
+}
+
 /// Runs an admin command; returns the exit code.
 pub fn run(
     connection: &Connection,
@@ -161,15 +175,8 @@ pub fn run(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = writeln!(err, "ktctl: starting the async runtime: {e}");
-            return EXIT_BAD_INPUT;
-        }
+    let Some(runtime) = runtime(err) else {
+        return EXIT_BAD_INPUT;
     };
     match runtime.block_on(call_leader(connection, command, out)) {
         Ok(()) => EXIT_OK,

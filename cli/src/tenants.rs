@@ -361,15 +361,8 @@ pub fn run(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = writeln!(err, "ktctl: starting the async runtime: {e}");
-            return EXIT_BAD_INPUT;
-        }
+    let Some(runtime) = crate::admin::runtime(err) else {
+        return EXIT_BAD_INPUT;
     };
     match runtime.block_on(collect(connection, args, err)) {
         Ok(report) => match report.print(connection.format, out) {
