@@ -54,6 +54,95 @@ async fn component_writes(target: &Target) -> Result<f64> {
     Ok(total)
 }
 
+/// Counts the writes the system makes over the next `seconds` (the caller has let everything
+/// settle; `settled` says what, for the figure's description): exactly from the audit log on
+/// devcluster (our identities, Lease renewals excepted; the first 20 named in the records),
+/// elsewhere from the components' `kubetemplater_api_requests_total`. Adds `idle.writes` and
+/// `idle.writes_per_minute` (and the window's requests by verb, `idle.api_requests.*`), and a
+/// problem when there was any write. With `namespace` (a scenario's own), the audit count is also
+/// split into writes there (`idle.writes.in_namespace`) and elsewhere (other objects of the
+/// cluster, e.g. another test's). Returns the count (NaN when it could not be counted).
+pub async fn measure(
+    target: &Target,
+    seconds: u64,
+    settled: &str,
+    namespace: Option<&str>,
+    quiet: bool,
+    report: &mut Report,
+) -> f64 {
+    let window = Window::start(target).await;
+    let before = component_writes(target).await;
+    let progress = crate::progress::Progress::new("idle", seconds, "seconds", quiet);
+    for _ in 0..seconds {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        progress.step();
+    }
+    progress.finish();
+    let after = component_writes(target).await;
+    let audit = window.finish(target, "idle.", report).await;
+    let mut elsewhere = None;
+    let writes = match audit {
+        Some(audit) => {
+            let ours = audit.ours_without_leases();
+            if let Some(ns) = namespace {
+                let inside = ours
+                    .iter()
+                    .filter(|e| e.object_ref.as_ref().is_some_and(|o| o.namespace == ns))
+                    .count();
+                report.figures.push(
+                    Figure::new("idle.writes.in_namespace", inside as f64, unit::COUNT)
+                        .describe(format!("of the idle writes, those to objects in {ns}")),
+                );
+                elsewhere = Some(ours.len() - inside);
+            }
+            for e in ours.iter().take(20) {
+                report
+                    .records
+                    .push(serde_json::json!({"idle_write": e.describe()}));
+            }
+            report
+                .notes
+                .push("idle writes counted exactly, from the audit log by identity".into());
+            ours.len() as f64
+        }
+        None => match (before, after) {
+            (Ok(b), Ok(a)) => {
+                report.notes.push(
+                    "idle writes counted from the components' kubetemplater_api_requests_total"
+                        .into(),
+                );
+                a - b
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                report
+                    .problems
+                    .push(format!("cannot count idle writes: {e}"));
+                f64::NAN
+            }
+        },
+    };
+    report.figures.push(
+        Figure::new("idle.writes", writes, unit::COUNT).describe(format!(
+            "writes by the system in {seconds} s with {settled} (Lease renewals excepted)"
+        )),
+    );
+    report.figures.push(Figure::new(
+        "idle.writes_per_minute",
+        writes * 60.0 / seconds.max(1) as f64,
+        unit::COUNT,
+    ));
+    if writes > 0.0 {
+        let other = match (elsewhere, namespace) {
+            (Some(n), Some(ns)) if n > 0 => format!(", {n} of them to objects outside {ns}"),
+            _ => String::new(),
+        };
+        report.problems.push(format!(
+            "{writes} writes in the idle window (goal: 0){other}; the report's records name them"
+        ));
+    }
+    writes
+}
+
 /// Runs `idle`.
 pub async fn run(
     target: &Target,
@@ -71,59 +160,15 @@ pub async fn run(
     burst::figures(&populated, args.populate.objects, monitor.started(), report);
     if populated.problems.is_empty() {
         tokio::time::sleep(Duration::from_secs(args.settle)).await;
-        let window = Window::start(target).await;
-        let before = component_writes(target).await;
-        let progress = crate::progress::Progress::new("idle", args.window, "seconds", quiet);
-        for _ in 0..args.window {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            progress.step();
-        }
-        progress.finish();
-        let after = component_writes(target).await;
-        let audit = window.finish(target, "idle.", report).await;
-        let writes = match audit {
-            Some(audit) => {
-                let ours = audit.ours_without_leases();
-                for e in ours.iter().take(20) {
-                    report
-                        .records
-                        .push(serde_json::json!({"idle_write": e.describe()}));
-                }
-                report
-                    .notes
-                    .push("idle writes counted exactly, from the audit log by identity".into());
-                ours.len() as f64
-            }
-            None => match (before, after) {
-                (Ok(b), Ok(a)) => {
-                    report.notes.push(
-                        "idle writes counted from the components' kubetemplater_api_requests_total"
-                            .into(),
-                    );
-                    a - b
-                }
-                (Err(e), _) | (_, Err(e)) => {
-                    report
-                        .problems
-                        .push(format!("cannot count idle writes: {e}"));
-                    f64::NAN
-                }
-            },
-        };
-        report.figures.push(
-            Figure::new("idle.writes", writes, unit::COUNT)
-                .describe(format!("writes by the system in {} s with every template settled (Lease renewals excepted)", args.window)),
-        );
-        report.figures.push(Figure::new(
-            "idle.writes_per_minute",
-            writes * 60.0 / args.window.max(1) as f64,
-            unit::COUNT,
-        ));
-        if writes > 0.0 {
-            report.problems.push(format!(
-                "{writes} writes in the idle window (goal: 0); the report's records name them"
-            ));
-        }
+        measure(
+            target,
+            args.window,
+            "every template settled",
+            None,
+            quiet,
+            report,
+        )
+        .await;
     }
     let observed = monitor.stop().await;
     observed.add_figures(

@@ -13,6 +13,7 @@
 //! cargo run --release -p loadtest -- churn --templates 2000 --namespaces 200 --rate 20 --duration 60
 //! cargo run --release -p loadtest -- rebalance --templates 2000 --namespaces 200 --scale 4,2
 //! cargo run --release -p loadtest -- admission --requests 1000
+//! cargo run --release -p loadtest -- tenants --rows 10000              # SQLite → Tenants → objects
 //! cargo run --release -p loadtest -- simulate                  # 1,000 workers, 1M objects, 50 events
 //! cargo run --release -p loadtest -- report target/loadtest/burst-…/report.json
 //! cargo run --release -p loadtest -- cleanup                   # what interrupted runs left
@@ -36,6 +37,8 @@
 //!   duplicated apply.
 //! - [`rebalance`]: churn while workers are scaled; handoff time, buckets moved, same checks.
 //! - [`admission`]: webhook latency from the client, the webhook and kube-apiserver.
+//! - [`tenants`]: rows of an SQLite table → Tenants → their objects: time to all Ready,
+//!   throughput, the registry's query cost per sync, row change → objects updated, idle writes.
 //! - [`simulate`]: the coordinator's planner alone, at a scale this machine cannot host as
 //!   processes.
 //!
@@ -67,6 +70,7 @@ pub mod simulate;
 pub mod stats;
 pub mod table;
 pub mod target;
+pub mod tenants;
 pub mod tracker;
 pub mod workload;
 pub mod zipf;
@@ -242,7 +246,22 @@ pub enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// Deletes what runs left behind (namespaces and policies labelled with a run id).
+    /// Tenants from a database: an SQLite table of N rows, a TenantRegistry and a TenantTemplate
+    /// of k objects; time until every Tenant is Ready, throughput, the registry's query cost per
+    /// sync, row change → objects updated, writes when idle (goal: 0), CPU and memory.
+    Tenants {
+        /// The scenario.
+        #[command(flatten)]
+        scenario: tenants::TenantsArgs,
+        /// The cluster.
+        #[command(flatten)]
+        target: target::TargetArgs,
+        /// Output.
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Deletes what runs left behind (namespaces, policies and fake Nodes labelled with a run
+    /// id, and on devcluster the tenants scenario's SQLite files).
     Cleanup {
         /// Only this run's objects [default: every run's].
         #[arg(long)]
@@ -295,6 +314,11 @@ pub fn run(args: Args, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
             target,
             output,
         } => run_cluster_blocking(Cluster::Admission(scenario), &target, &output, out),
+        Command::Tenants {
+            scenario,
+            target,
+            output,
+        } => run_cluster_blocking(Cluster::Tenants(scenario), &target, &output, out),
         Command::Cleanup { run, target, quiet } => cleanup(run, &target, quiet, out),
     };
     match result {
@@ -322,6 +346,8 @@ pub enum Cluster {
     Rebalance(rebalance::RebalanceArgs),
     /// `admission`.
     Admission(admission::AdmissionArgs),
+    /// `tenants`.
+    Tenants(tenants::TenantsArgs),
 }
 
 impl Cluster {
@@ -334,6 +360,7 @@ impl Cluster {
             Self::Churn(_) => churn::SCENARIO,
             Self::Rebalance(_) => rebalance::SCENARIO,
             Self::Admission(_) => admission::SCENARIO,
+            Self::Tenants(_) => tenants::SCENARIO,
         }
     }
 
@@ -364,6 +391,14 @@ impl Cluster {
                 "baseline_ms.p50",
                 "webhook_ms.validate.p99",
                 "apiserver_ms.validating.p99",
+            ],
+            Self::Tenants(_) => &[
+                "ready",
+                "time_to_ready_s",
+                "throughput.tenants_per_s",
+                "idle.query_ms.mean",
+                "change_ms.p99",
+                "idle.writes",
             ],
         }
     }
@@ -429,6 +464,7 @@ pub async fn run_cluster(
         }
         Cluster::Rebalance(args) => rebalance::run(&mut target, args, quiet, &mut report).await?,
         Cluster::Admission(args) => admission::run(&target, args, quiet, &mut report).await?,
+        Cluster::Tenants(args) => tenants::run(&target, args, quiet, &mut report).await?,
     };
     report.duration_s = clock.elapsed().as_secs_f64();
     report.conclude();
@@ -486,18 +522,25 @@ fn cleanup(
     quiet: bool,
     out: &mut dyn Write,
 ) -> Result<bool> {
-    let removed = runtime()?.block_on(async {
+    let (removed, nodes, files) = runtime()?.block_on(async {
         let target = target::Target::connect(target).await?;
-        workload::cleanup(
+        let removed = workload::cleanup(
             &target.client,
             &target.system_namespace,
             run.as_deref(),
             std::time::Duration::from_secs(1800),
             quiet,
         )
-        .await
+        .await?;
+        // Fake Nodes only once the namespaces (and their pods) are gone.
+        let nodes = tenants::remove_nodes(&target.client, run.as_deref()).await?;
+        let files = tenants::remove_databases(&target, run.as_deref());
+        Ok::<_, Error>((removed, nodes, files))
     })?;
-    let _ = writeln!(out, "removed {removed} namespaces of loadtest runs");
+    let _ = writeln!(
+        out,
+        "removed {removed} namespaces, {nodes} fake Nodes and {files} SQLite files of loadtest runs"
+    );
     Ok(true)
 }
 

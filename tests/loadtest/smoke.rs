@@ -1,7 +1,8 @@
 //! The loadtest scenarios, small, against the whole system on a private devcluster: each must
 //! run to the end and find no problem (every template Completed, no write when idle, no missed
-//! or duplicated apply under churn and across handoffs). Correctness only: the figures are not
-//! judged here (docs/benchmarks.md has them from full-size runs).
+//! or duplicated apply under churn and across handoffs; every Tenant of a registry's rows Ready,
+//! changed rows reaching their objects, no write when idle). Correctness only: the figures are
+//! not judged here (docs/benchmarks.md has them from full-size runs).
 #![allow(clippy::unwrap_used, reason = "test fixtures")]
 
 use anyhow::{Result, ensure};
@@ -10,7 +11,7 @@ use loadtest::output::OutputArgs;
 use loadtest::populate::PopulateArgs;
 use loadtest::report::Report;
 use loadtest::target::TargetArgs;
-use loadtest::{Cluster, admission, burst, churn, idle, rebalance};
+use loadtest::{Cluster, admission, burst, churn, idle, rebalance, tenants};
 
 fn populate(templates: usize) -> PopulateArgs {
     PopulateArgs {
@@ -146,6 +147,40 @@ async fn every_scenario_runs_small_and_finds_no_problem() -> Result<()> {
         assert!(figure(&report, "baseline_ms.p50") > 0.0);
         assert!(figure(&report, "webhook_ms.validate.p50") > 0.0);
         assert!(figure(&report, "apiserver_ms.validating.p50") > 0.0);
+    }
+
+    // Tenants: on an external cluster the coordinators still run here, so a local SQLite file
+    // works, but its Nodes may have no room for pods: no Deployment there.
+    let sqlite = tempfile::tempdir()?;
+    let report = run(
+        Cluster::Tenants(tenants::TenantsArgs {
+            rows: 50,
+            resources: if external { 2 } else { 3 },
+            replicas: 1,
+            sync_interval: "2s".to_owned(),
+            changes: 10,
+            change_seconds: 4,
+            settle: 6,
+            idle_seconds: 10,
+            sqlite_path: external.then(|| sqlite.path().join("tenants.db")),
+            timeout_s: 180,
+            keep: false,
+        }),
+        &target,
+    )
+    .await?;
+    assert_eq!(figure(&report, "ready"), 50.0);
+    assert_eq!(figure(&report, "changes.updated"), 10.0);
+    assert!(figure(&report, "change_ms.p99") >= figure(&report, "change_tenant_ms.p50"));
+    assert_eq!(figure(&report, "idle.writes"), 0.0);
+    if !external {
+        // The coordinators' metrics: the rows read, syncs while idle, one write per Tenant.
+        assert_eq!(figure(&report, "registry.rows.total"), 50.0);
+        assert!(figure(&report, "idle.query.count") > 0.0);
+        assert_eq!(
+            figure(&report, "ramp.coordinator_writes.apply_tenant"),
+            50.0
+        );
     }
     Ok(())
 }
