@@ -171,15 +171,7 @@ impl TenantsArgs {
 
 /// `syncInterval` as the registry reads it: `^[0-9]+(s|m|h)$`, more than 0.
 fn parse_interval(text: &str) -> Option<Duration> {
-    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        _ => return None,
-    };
-    (seconds > 0).then(|| Duration::from_secs(seconds))
+    tenant::registry::parse_sync_interval(text)
 }
 
 /// The rows' uids: `r0` … `r<rows-1>`.

@@ -80,18 +80,20 @@ impl Config {
 /// A registry's sync interval: the spec's `syncInterval` (`^[0-9]+(s|m|h)$`); anything else is
 /// 30 s, as the original.
 pub fn sync_interval(text: &str) -> Duration {
-    let parse = || {
-        let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
-        let n: u64 = digits.parse().ok()?;
-        let seconds = match unit {
-            "s" => n,
-            "m" => n.checked_mul(60)?,
-            "h" => n.checked_mul(3600)?,
-            _ => return None,
-        };
-        (seconds > 0).then(|| Duration::from_secs(seconds))
+    parse_sync_interval(text).unwrap_or(Duration::from_secs(30))
+}
+
+/// `syncInterval` parsed: a number followed by s, m or h, more than zero; `None` otherwise.
+pub fn parse_sync_interval(text: &str) -> Option<Duration> {
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
     };
-    parse().unwrap_or(Duration::from_secs(30))
+    (seconds > 0).then(|| Duration::from_secs(seconds))
 }
 
 type Key = (String, String);
