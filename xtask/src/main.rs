@@ -3,7 +3,7 @@
 //! - `up`    build what is missing, start devcluster + Jaeger, install the CRDs, start two webhook
 //!   replicas, two coordinators and `--workers N` workers, apply the samples
 //! - `scale` start or gracefully stop workers until `--workers M` run
-//! - `down`  stop everything `up` started
+//! - `down`  stop everything `up` started (and the tests' database servers)
 //! - `test`  run every test, starting devcluster when needed (stopping it again afterwards)
 //! - `gen`   regenerate `deploy/crds/` (`--check` fails when the checked-in YAML is stale)
 //! - `build` only build the devcluster binaries
@@ -533,6 +533,9 @@ fn down() -> Result<()> {
         ),
         None => println!("devcluster was not running"),
     }
+    // The tests' throwaway MariaDB and PostgreSQL servers (devcluster::database) live in the
+    // same layout.
+    devcluster::database::stop_all(&layout)?;
     Ok(())
 }
 
