@@ -189,6 +189,8 @@ struct SyncOutcome {
     problems: usize,
     problems_digest: u64,
     blocked: Option<Blocked>,
+    /// Tenants written, as the projection will show them once the watch delivers them.
+    written: Vec<(String, ExistingTenant)>,
 }
 
 /// Reads Secrets of one namespace through the API.
@@ -471,6 +473,22 @@ impl Loop {
         state.synced_generation = done.generation;
         match done.outcome {
             Ok(outcome) => {
+                // What was written counts as existing at once: the next sync may run before the
+                // watch delivers it, and would write it again. The watch's event replaces the
+                // entry; readiness and deletion stay as the watch last said.
+                let tenants = self.tenants.entry(done.key.clone()).or_default();
+                for (name, written) in outcome.written {
+                    match tenants.get_mut(&name) {
+                        Some(existing) => {
+                            existing.inputs = written.inputs;
+                            existing.has_bucket = written.has_bucket;
+                            existing.template = written.template;
+                        }
+                        None => {
+                            tenants.insert(name, written);
+                        }
+                    }
+                }
                 // Logged when the brake engages or its count changes, not on every sync.
                 if let Some(blocked) = &outcome.blocked
                     && state.blocked.as_ref().map(|b| b.pending) != Some(blocked.pending)
@@ -759,21 +777,33 @@ impl Shared {
         let api: Api<Tenant> = Api::namespaced(self.client.clone(), &namespace);
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let written = writes.len();
-        let write_errors: Vec<String> = stream::iter(writes)
+        let results: Vec<Result<(String, ExistingTenant), String>> = stream::iter(writes)
             .map(|tenant| {
                 let (api, params) = (api.clone(), params.clone());
                 async move {
                     let tenant_name = tenant.name_any();
                     api.patch(&tenant_name, &params, &Patch::Apply(&tenant))
                         .await
-                        .map(|_| ())
-                        .map_err(|e| format!("Tenant {tenant_name}: {e}"))
+                        .map_err(|e| format!("Tenant {tenant_name}: {e}"))?;
+                    let projected = project(&tenant).map(|(_, _, existing)| existing);
+                    projected
+                        .map(|existing| (tenant_name.clone(), existing))
+                        .ok_or_else(|| {
+                            format!("Tenant {tenant_name}: written without its registry label")
+                        })
                 }
             })
             .buffer_unordered(self.config.write_concurrency.max(1))
-            .filter_map(|r| async move { r.err() })
             .collect()
             .await;
+        let mut written_tenants = Vec::with_capacity(results.len());
+        let mut write_errors = Vec::new();
+        for result in results {
+            match result {
+                Ok(entry) => written_tenants.push(entry),
+                Err(error) => write_errors.push(error),
+            }
+        }
         for _ in 0..written {
             self.metrics.observe_write("apply_tenant");
         }
@@ -858,6 +888,7 @@ impl Shared {
             problems: problems.len(),
             problems_digest,
             blocked,
+            written: written_tenants,
         })
     }
 
