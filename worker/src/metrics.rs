@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `kubetemplater_queue_depth` | gauge | — (ready + delayed keys) |
 //! | `kubetemplater_queue_in_flight` | gauge | — |
-//! | `kubetemplater_processed_total` | counter | `result` (`applied`, `unchanged`, `denied`, `finalized`, `error`) |
+//! | `kubetemplater_processed_total` | counter | `result` (`applied`, `unchanged`, `waiting` (a Tenant with objects not ready yet), `denied`, `finalized`, `skipped` (a Tenant whose namespace is terminating), `error`) |
 //! | `kubetemplater_retries_total` | counter | — |
 //! | `kubetemplater_reconcile_duration_seconds` | histogram | `result` |
 //! | `kubetemplater_api_requests_total` | counter | `verb` (writes the worker sent: `apply`, `delete`, `patch_status`, `patch`) |

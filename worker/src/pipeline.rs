@@ -267,6 +267,7 @@ impl Pipeline {
             Ok(TenantOutcome::Waiting(_)) => "waiting",
             Ok(TenantOutcome::Broken) => "denied",
             Ok(TenantOutcome::Finalized) => "finalized",
+            Ok(TenantOutcome::NamespaceTerminating) => "skipped",
             Err(_) => "error",
         };
         span.record("outcome", label);
@@ -284,7 +285,9 @@ impl Pipeline {
                     pruned: 0,
                 })
             }
-            Ok(TenantOutcome::Unchanged) => Ok(Outcome::Unchanged),
+            Ok(TenantOutcome::Unchanged | TenantOutcome::NamespaceTerminating) => {
+                Ok(Outcome::Unchanged)
+            }
             Ok(TenantOutcome::Applied { applied, pruned }) => {
                 Ok(Outcome::Applied { applied, pruned })
             }

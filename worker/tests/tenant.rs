@@ -1,7 +1,7 @@
 //! Tenant reconciles against the real API server (kwok makes workloads Ready): dependency order
 //! with readiness waits, owner references and tracking labels, idle, re-render on a row change,
 //! removal from the template, conflicts (Stuck, then Force), a readiness timeout that skips the
-//! dependants, and deletion honouring Retain.
+//! dependants, deletion honouring Retain, terminating namespaces, and retries that write nothing.
 #![allow(
     clippy::unwrap_used,
     reason = "test fixtures: a failed setup step should fail the test loudly"
@@ -442,4 +442,219 @@ async fn merge_creates_and_is_strategic_for_built_in_kinds() {
         "v",
         "merge creates a missing object"
     );
+}
+
+/// Deleting a namespace full of Tenants: the namespace controller deletes their objects before
+/// the Tenants, which then look drifted. A create refused because the namespace is terminating
+/// is no failure: in the Tenant's own namespace the pass stops without writing its status; in
+/// another namespace the object waits (and the Tenant says it is not ready) instead of failing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminating_namespace_is_left_alone() {
+    let target = devcluster::testing::target().await.unwrap();
+    let client = target.client().await.unwrap();
+    let own = target
+        .namespace_without_admission("tenant-term")
+        .await
+        .unwrap();
+    let other = target
+        .namespace_without_admission("tenant-term-other")
+        .await
+        .unwrap();
+    let home = target
+        .namespace_without_admission("tenant-term-home")
+        .await
+        .unwrap();
+    let reconciler = TenantReconciler::new(Applier::new(client.clone()), 4);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let spec = |ns: &str| {
+        json!({"configMaps": [{"id": "cfg", "nameTemplate": "{{ .uid }}-cfg", "targetNamespace": ns,
+            "spec": {"apiVersion": "v1", "kind": "ConfigMap", "data": {"k": "v"}}}]})
+    };
+
+    // A Tenant whose object lives in its own namespace, and one whose object lives in another.
+    let in_own: Api<Tenant> = Api::namespaced(client.clone(), &own);
+    in_own
+        .create(
+            &PostParams::default(),
+            &tenant("t1", "t1", json!({}), spec(&own)),
+        )
+        .await
+        .unwrap();
+    let in_home: Api<Tenant> = Api::namespaced(client.clone(), &home);
+    in_home
+        .create(
+            &PostParams::default(),
+            &tenant("t2", "t2", json!({}), spec(&other)),
+        )
+        .await
+        .unwrap();
+    for (api, name) in [(&in_own, "t1"), (&in_home, "t2")] {
+        let outcome = settle(&reconciler, api, name, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, TenantOutcome::Applied { .. }),
+            "{outcome:?}"
+        );
+    }
+
+    // The worker's cache still shows the Tenant as it was when the namespace goes: its object is
+    // deleted by the namespace controller (the Tenant's finalizer keeps the namespace Terminating).
+    let stale = in_own.get("t1").await.unwrap();
+    namespaces
+        .delete(&own, &DeleteParams::default())
+        .await
+        .unwrap();
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &own);
+    wait_gone(&configmaps, "t1-cfg").await;
+    let outcome = reconciler.reconcile_with(&stale, true).await.unwrap();
+    assert_eq!(outcome, TenantOutcome::NamespaceTerminating);
+    let after = in_own.get("t1").await.unwrap();
+    assert_eq!(
+        after.status, stale.status,
+        "nothing written to a Tenant whose namespace is terminating"
+    );
+    assert_eq!(
+        reconciler.reconcile_with(&stale, true).await.unwrap(),
+        TenantOutcome::NamespaceTerminating,
+        "remembered: the next drift is skipped too"
+    );
+
+    // The other namespace goes away slowly (a finalizer holds one of its objects): the Tenant in
+    // a live namespace waits for it instead of failing.
+    let hold: Api<ConfigMap> = Api::namespaced(client.clone(), &other);
+    hold.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "hold", "finalizers": ["kubetemplater.io/test-hold"]}}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    namespaces
+        .delete(&other, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&hold, "t2-cfg").await;
+    let current = in_home.get("t2").await.unwrap();
+    let outcome = reconciler.reconcile_with(&current, true).await.unwrap();
+    assert_eq!(outcome, TenantOutcome::Waiting(Duration::from_secs(5)));
+    let waiting = in_home.get("t2").await.unwrap();
+    let (status, reason, _) = condition(&waiting, "Ready");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "NotAllResourcesReady")
+    );
+    let (_, degraded, _) = condition(&waiting, "Degraded");
+    assert_ne!(
+        degraded, "ResourceFailures",
+        "a terminating namespace is not a failure"
+    );
+    let again = reconciler.reconcile_with(&waiting, true).await.unwrap();
+    assert_eq!(again, TenantOutcome::Waiting(Duration::from_secs(5)));
+    assert_eq!(
+        in_home.get("t2").await.unwrap().metadata.resource_version,
+        waiting.metadata.resource_version,
+        "the same wait writes nothing again"
+    );
+
+    // Let both namespaces go.
+    hold.patch(
+        "hold",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let deleting = loop {
+        let current = in_own.get("t1").await.unwrap();
+        if current.metadata.deletion_timestamp.is_some() {
+            break current;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the namespace controller did not delete the Tenant"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        reconciler.reconcile(&deleting).await.unwrap(),
+        TenantOutcome::Finalized,
+        "a Tenant being deleted is still finalized"
+    );
+    in_home
+        .delete("t2", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        reconciler
+            .reconcile(&in_home.get("t2").await.unwrap())
+            .await
+            .unwrap(),
+        TenantOutcome::Finalized
+    );
+}
+
+/// Waits until `name` is gone (deleted by the namespace controller).
+async fn wait_gone(api: &Api<ConfigMap>, name: &str) {
+    let started = Instant::now();
+    while api.get_opt(name).await.unwrap().is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{name} still there after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Objects of a level fail in whatever order their writes answer: a retry that fails the same
+/// way writes the same status, so nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_failing_the_same_way_writes_nothing() {
+    let target = devcluster::testing::target().await.unwrap();
+    let client = target.client().await.unwrap();
+    let ns = target
+        .namespace_without_admission("tenant-same")
+        .await
+        .unwrap();
+    let reconciler = TenantReconciler::new(Applier::new(client.clone()), 4);
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), &ns);
+    // Four ConfigMaps the API server refuses (a number where a string must be).
+    let bad: Vec<Value> = (0..4)
+        .map(|i| {
+            json!({"id": format!("bad{i}"), "nameTemplate": format!("bad-{i}"),
+                "spec": {"apiVersion": "v1", "kind": "ConfigMap", "data": {"n": i}}})
+        })
+        .collect();
+    tenants
+        .create(
+            &PostParams::default(),
+            &tenant("f1", "f1", json!({}), json!({"configMaps": bad})),
+        )
+        .await
+        .unwrap();
+    let first = reconciler
+        .reconcile(&tenants.get("f1").await.unwrap())
+        .await;
+    assert!(
+        matches!(&first, Err(TenantError::Resources { failures, .. }) if failures.len() == 4),
+        "{first:?}"
+    );
+    let failed = tenants.get("f1").await.unwrap();
+    let (status, reason, _) = condition(&failed, "Ready");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ResourcesFailed")
+    );
+    for _ in 0..5 {
+        let retry = reconciler.reconcile(&failed).await;
+        assert!(retry.is_err(), "{retry:?}");
+        assert_eq!(
+            tenants.get("f1").await.unwrap().metadata.resource_version,
+            failed.metadata.resource_version,
+            "a retry failing the same way wrote the Tenant"
+        );
+    }
 }

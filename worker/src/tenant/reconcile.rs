@@ -16,6 +16,12 @@
 //! status ── written only when it changed; requeued while something is not ready
 //! ```
 //!
+//! A create refused because its namespace is terminating is not a failure: in the Tenant's own
+//! namespace the Tenant itself is about to be deleted, so the pass stops without writing (and
+//! the namespace is remembered: its other Tenants are left alone without API calls, while the
+//! namespace controller deletes their objects); in another namespace the object waits for the
+//! namespace to be gone and is created again then.
+//!
 //! Every write goes through the worker's [`Writes`] (its Lease's fence and the write timeout).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -48,6 +54,14 @@ use crate::writes::WriteError;
 /// How long to wait before looking again at objects that are not ready.
 pub const READINESS_POLL: Duration = Duration::from_secs(2);
 
+/// How long to wait before creating an object again in a namespace that was terminating.
+pub const TERMINATING_POLL: Duration = Duration::from_secs(5);
+
+/// How long a namespace seen terminating is remembered; deleting a namespace full of objects
+/// takes the namespace controller about this long per few hundred objects, and a Tenant created
+/// after it was seen is never skipped (it lives in a new namespace of the same name).
+const TERMINATING_MEMORY: Duration = Duration::from_secs(60);
+
 /// Tenants remembered between passes before completed entries are dropped.
 const MAX_PROGRESS: usize = 200_000;
 
@@ -69,6 +83,8 @@ pub enum TenantOutcome {
     Broken,
     /// The Tenant was being deleted: cleaned up and the finalizer removed.
     Finalized,
+    /// The Tenant's namespace is terminating (the Tenant goes with it): nothing was written.
+    NamespaceTerminating,
 }
 
 /// Why a Tenant reconcile must be retried.
@@ -126,6 +142,8 @@ enum State {
     Pending,
     Failed(String),
     Conflicted(String),
+    /// A create refused because this namespace is terminating.
+    Terminating(String),
 }
 
 /// What this worker remembers of a Tenant between passes: the digest it is applying, the
@@ -152,6 +170,8 @@ pub struct TenantReconciler {
     /// Digest of the last event published per Tenant uid (reason and note): a retry that fails
     /// the same way publishes nothing new.
     reported: Arc<Mutex<HashMap<String, u64>>>,
+    /// Namespaces a create was refused in because they are terminating, and when that was seen.
+    terminating: Arc<Mutex<HashMap<String, jiff::Timestamp>>>,
 }
 
 impl std::fmt::Debug for TenantReconciler {
@@ -200,6 +220,7 @@ impl TenantReconciler {
             metrics: TenantMetrics::default(),
             events: None,
             reported: Arc::default(),
+            terminating: Arc::default(),
         }
     }
 
@@ -264,6 +285,18 @@ impl TenantReconciler {
         }
     }
 
+    /// Whether `tenant`'s namespace was seen terminating after the Tenant was created (a Tenant
+    /// created later lives in a new namespace of the same name).
+    fn namespace_terminating(&self, tenant: &Tenant) -> bool {
+        let namespace = tenant.namespace().unwrap_or_default();
+        let Some(seen) = lock(&self.terminating).get(&namespace).copied() else {
+            return false;
+        };
+        let created = tenant.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        elapsed(seen, jiff::Timestamp::now()) < TERMINATING_MEMORY
+            && created.is_some_and(|created| created <= seen)
+    }
+
     fn tenant_ref(tenant: &Tenant) -> String {
         format!(
             "{}/{}",
@@ -299,7 +332,8 @@ impl TenantReconciler {
             Ok(
                 TenantOutcome::Applied { .. }
                 | TenantOutcome::Waiting(_)
-                | TenantOutcome::Finalized,
+                | TenantOutcome::Finalized
+                | TenantOutcome::NamespaceTerminating,
             ) => "success",
             Err(TenantError::Resources { .. }) => "partial_failure",
             Ok(TenantOutcome::Broken) | Err(_) => "error",
@@ -313,6 +347,9 @@ impl TenantReconciler {
         if tenant.metadata.deletion_timestamp.is_some() {
             lock(&self.progress).remove(&uid);
             return self.finalize(tenant).await;
+        }
+        if self.namespace_terminating(tenant) {
+            return Ok(TenantOutcome::NamespaceTerminating);
         }
         let previous = tenant.status.clone().unwrap_or_default();
         let generation = tenant.metadata.generation;
@@ -385,7 +422,7 @@ impl TenantReconciler {
                     failures.push(m.clone());
                 }
                 if matches!(state, State::Ready | State::Waiting)
-                    || (state == State::Pending
+                    || (matches!(state, State::Pending | State::Terminating(_))
                         && previous.applied_resources.contains(&object.key()))
                 {
                     applied_keys.insert(object.key());
@@ -397,6 +434,26 @@ impl TenantReconciler {
                     tenant: Self::tenant_ref(tenant),
                     source: fenced,
                 });
+            }
+            let own = tenant.namespace().unwrap_or_default();
+            let seen: Vec<String> = states
+                .values()
+                .filter_map(|s| match s {
+                    State::Terminating(namespace) => Some(namespace.clone()),
+                    _ => None,
+                })
+                .collect();
+            if !seen.is_empty() {
+                let now = jiff::Timestamp::now();
+                let mut terminating = lock(&self.terminating);
+                terminating.retain(|_, at| elapsed(*at, now) < TERMINATING_MEMORY);
+                for namespace in &seen {
+                    terminating.insert(namespace.clone(), now);
+                }
+            }
+            if seen.contains(&own) {
+                tracing::debug!(tenant = %Self::tenant_ref(tenant), "its namespace is terminating; left alone");
+                return Ok(TenantOutcome::NamespaceTerminating);
             }
         }
 
@@ -430,14 +487,22 @@ impl TenantReconciler {
             applied_keys.extend(previous.applied_resources.iter().cloned());
         }
 
+        // Objects of a level finish in any order: sorted, the same failures make the same status
+        // and event (a retry that fails the same way writes nothing).
+        failures.sort_unstable();
         let mut counts = Counts {
             desired: rendered.len(),
             ..Counts::default()
         };
+        let mut terminating = false;
         for state in states.values() {
             match state {
                 State::Ready => counts.ready += 1,
                 State::Waiting | State::Pending => counts.waiting += 1,
+                State::Terminating(_) => {
+                    counts.waiting += 1;
+                    terminating = true;
+                }
                 State::Failed(_) => counts.failed += 1,
                 State::Conflicted(_) => {
                     counts.failed += 1;
@@ -497,6 +562,9 @@ impl TenantReconciler {
                 tenant: Self::tenant_ref(tenant),
                 failures,
             });
+        }
+        if terminating {
+            return Ok(TenantOutcome::Waiting(TERMINATING_POLL));
         }
         if counts.waiting > 0 {
             return Ok(TenantOutcome::Waiting(READINESS_POLL));
@@ -624,6 +692,10 @@ impl TenantReconciler {
                     .insert(key);
                 let state = self.readiness(uid, &object, &answer);
                 (object, state, true)
+            }
+            Err(e) if namespace_terminating(&e) => {
+                let state = State::Terminating(object.namespace.clone());
+                (object, state, false)
             }
             Err(WriteError::Api(kube::Error::Api(s)))
                 if s.code == 409 && object.patch == PatchStrategy::Apply =>
@@ -1008,6 +1080,21 @@ fn drifted(object: &TenantObject, live: &Value) -> bool {
     !crate::apply::contains(live, &wanted)
 }
 
+/// Whether a write was refused because the object's namespace is terminating (the
+/// `NamespaceTerminating` cause of the NamespaceLifecycle admission plugin).
+fn namespace_terminating(error: &WriteError) -> bool {
+    matches!(error, WriteError::Api(kube::Error::Api(s))
+    if s.code == 403
+        && s.details.as_ref().is_some_and(|d| {
+            d.causes.iter().any(|c| c.reason == "NamespaceTerminating")
+        }))
+}
+
+/// Time from `since` to `now` (zero when the clock went back).
+fn elapsed(since: jiff::Timestamp, now: jiff::Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(since)).unwrap_or_default()
+}
+
 fn post_params() -> PostParams {
     PostParams {
         dry_run: false,
@@ -1039,7 +1126,7 @@ fn gate(object: &TenantObject, states: &HashMap<String, State>) -> Option<State>
                     object.describe()
                 )));
             }
-            Some(State::Waiting | State::Pending) => waiting = true,
+            Some(State::Waiting | State::Pending | State::Terminating(_)) => waiting = true,
             _ => {}
         }
     }
