@@ -23,6 +23,10 @@ pub const KUBERNETES_VERSION: &str = "v1.36.3";
 /// The kwok version pinned in `devcluster/go/kwok/go.mod`.
 pub const KWOK_VERSION: &str = "v0.8.0";
 
+/// The Helm version pinned in `devcluster/go/helm/go.mod`; stamped into the binary so
+/// `helm version` reports it.
+pub const HELM_VERSION: &str = "v4.3.2";
+
 /// One tool module and the binaries it yields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {
@@ -35,6 +39,9 @@ pub enum Tool {
     Kwok,
     /// Jaeger all-in-one (collector + in-memory storage + query).
     Jaeger,
+    /// Helm, for the chart's checks and installs; not needed to run the cluster, so not in
+    /// [`Tool::ALL`] (built on first use with [`ensure_built`]).
+    Helm,
 }
 
 impl Tool {
@@ -48,6 +55,7 @@ impl Tool {
             Tool::Etcd => "etcd",
             Tool::Kwok => "kwok",
             Tool::Jaeger => "jaeger",
+            Tool::Helm => "helm",
         }
     }
 
@@ -63,6 +71,7 @@ impl Tool {
             Tool::Etcd => &["go.etcd.io/etcd/server/v3"],
             Tool::Kwok => &["sigs.k8s.io/kwok/cmd/kwok"],
             Tool::Jaeger => &["github.com/jaegertracing/jaeger/cmd/jaeger"],
+            Tool::Helm => &["helm.sh/helm/v4/cmd/helm"],
         }
     }
 
@@ -78,6 +87,7 @@ impl Tool {
             Tool::Etcd => &["etcd"],
             Tool::Kwok => &["kwok"],
             Tool::Jaeger => &["jaeger"],
+            Tool::Helm => &["helm"],
         }
     }
 
@@ -100,6 +110,9 @@ impl Tool {
             }
             // kwok's own version (`sigs.k8s.io/kwok/pkg/consts.Version`) is set in its source.
             Tool::Etcd | Tool::Kwok | Tool::Jaeger => "-s -w".to_string(),
+            Tool::Helm => {
+                format!("-s -w -X helm.sh/helm/v4/internal/version.version={HELM_VERSION}")
+            }
         }
     }
 
@@ -315,5 +328,17 @@ mod tests {
         assert!(gomod.contains("tool sigs.k8s.io/kwok/cmd/kwok"), "{gomod}");
         assert_eq!(Tool::Kwok.binaries(), ["kwok"]);
         assert!(Tool::ALL.contains(&Tool::Kwok));
+    }
+
+    #[test]
+    fn helm_module_pins_the_constant_and_is_built_on_demand() {
+        let gomod = fs::read_to_string(Tool::Helm.module_dir().join("go.mod")).unwrap();
+        assert!(gomod.contains(&format!("helm.sh/helm/v4 {HELM_VERSION}")));
+        assert!(gomod.contains("tool helm.sh/helm/v4/cmd/helm"), "{gomod}");
+        assert_eq!(Tool::Helm.binaries(), ["helm"]);
+        assert!(
+            !Tool::ALL.contains(&Tool::Helm),
+            "the cluster does not need it"
+        );
     }
 }

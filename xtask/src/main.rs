@@ -5,7 +5,7 @@
 //! - `scale` start or gracefully stop workers until `--workers M` run
 //! - `down`  stop everything `up` started (and the tests' database servers)
 //! - `test`  run every test, starting devcluster when needed (stopping it again afterwards)
-//! - `gen`   regenerate `deploy/crds/` (`--check` fails when the checked-in YAML is stale)
+//! - `gen`   regenerate `deploy/crds/` and the chart's `crds/` (`--check` fails when the checked-in YAML is stale)
 //! - `build` only build the devcluster binaries
 
 use std::io::Write as _;
@@ -58,7 +58,7 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
-    /// Regenerate the CRD YAML in deploy/crds/.
+    /// Regenerate the CRD YAML in deploy/crds/ and deploy/helm/kubetemplater/crds/.
     Gen {
         /// Do not write; fail when the checked-in YAML differs from the types.
         #[arg(long)]
@@ -112,15 +112,22 @@ fn repo() -> PathBuf {
     devcluster::layout::repo_root()
 }
 
+/// Where the CRD YAML goes: the plain manifests, and the Helm chart's `crds/` (Helm reads only
+/// files inside the chart).
+const CRD_DIRS: [&str; 2] = ["deploy/crds", "deploy/helm/kubetemplater/crds"];
+
 fn gen_crds(check: bool) -> Result<()> {
-    let dir = repo().join("deploy/crds");
-    if check {
-        api::check_crds(&dir)
-            .context("CRD YAML in deploy/crds is stale: run `cargo xtask gen` and commit it")?;
-        println!("deploy/crds is up to date");
-    } else {
-        for path in api::write_crds(&dir)? {
-            println!("wrote {}", path.display());
+    for dir in CRD_DIRS {
+        let path = repo().join(dir);
+        if check {
+            api::check_crds(&path).with_context(|| {
+                format!("CRD YAML in {dir} is stale: run `cargo xtask gen` and commit it")
+            })?;
+            println!("{dir} is up to date");
+        } else {
+            for path in api::write_crds(&path)? {
+                println!("wrote {}", path.display());
+            }
         }
     }
     Ok(())

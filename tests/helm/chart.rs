@@ -1,0 +1,285 @@
+//! The Helm chart users install (deploy/helm/kubetemplater), checked with the real Helm built from
+//! its Go module: it lints; bad values are refused with a message that names them; its rendered
+//! objects pass a server-side dry run in a namespace that enforces the `restricted` Pod Security
+//! level, without a warning; and a real `helm install` into a private devcluster succeeds with
+//! every Deployment Available (kwok runs the pods) and the HPA accepted; an upgrade keeps the
+//! worker count the HPA set.
+//!
+//! A private cluster, so the chart's webhook configurations (whose pods answer nothing under kwok)
+//! never see the shared cluster's requests.
+#![allow(clippy::unwrap_used, reason = "test fixtures")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use devcluster::layout::{Layout, repo_root};
+use devcluster::testing::PrivateCluster;
+use devcluster::toolchain::{self, Tool};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const RELEASE: &str = "kt";
+const NAMESPACE: &str = "kubetemplater";
+
+fn chart() -> PathBuf {
+    repo_root().join("deploy/helm/kubetemplater")
+}
+
+/// Helm built from `devcluster/go/helm`, with its caches in `home` (nothing in the user's).
+fn helm(home: &Path) -> Command {
+    let layout = Layout::shared();
+    toolchain::ensure_built(&layout, Tool::Helm).unwrap();
+    let mut cmd = Command::new(toolchain::binary_or_path(&layout, "helm"));
+    for (var, dir) in [
+        ("HELM_CACHE_HOME", "cache"),
+        ("HELM_CONFIG_HOME", "config"),
+        ("HELM_DATA_HOME", "data"),
+    ] {
+        cmd.env(var, home.join(dir));
+    }
+    cmd
+}
+
+fn run(mut cmd: Command) -> Output {
+    let output = cmd.output().unwrap();
+    eprintln!(
+        "{cmd:?}\n{}{}",
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+#[test]
+fn the_chart_lints_and_refuses_bad_values() {
+    let home = tempfile::tempdir().unwrap();
+    let mut lint = helm(home.path());
+    lint.args(["lint", "--strict"]).arg(chart());
+    let output = run(lint);
+    assert!(output.status.success(), "helm lint --strict failed");
+
+    for (set, message) in [
+        (
+            "webhook.failurePolicy=Sometimes",
+            "webhook.failurePolicy must be Fail or Ignore",
+        ),
+        (
+            "webhook.timeoutSeconds=31",
+            "webhook.timeoutSeconds must be between 1 and 30",
+        ),
+        (
+            "webhook.certificate.mode=provided",
+            "webhook.certificate.provided.secretName is required",
+        ),
+    ] {
+        let mut template = helm(home.path());
+        template
+            .args(["template", RELEASE, "--namespace", NAMESPACE, "--set", set])
+            .arg(chart());
+        let output = run(template);
+        assert!(!output.status.success(), "{set} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{set}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chart_installs_under_restricted_pod_security() {
+    let home = tempfile::tempdir().unwrap();
+    let cluster = PrivateCluster::start(false).await.unwrap();
+    let kubeconfig = cluster.endpoints().kubeconfig.clone();
+    let client = cluster.endpoints().admin_client().await.unwrap();
+
+    // The release namespace enforces (and warns about) the restricted level.
+    let namespace: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": NAMESPACE, "labels": {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/warn": "restricted",
+            "pod-security.kubernetes.io/audit": "restricted"
+        }}
+    }))
+    .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+
+    // Rendered objects (CRDs included) pass a server-side dry run without a warning.
+    let mut template = helm(home.path());
+    template
+        .args([
+            "template",
+            RELEASE,
+            "--namespace",
+            NAMESPACE,
+            "--include-crds",
+        ])
+        .arg(chart());
+    let rendered = run(template);
+    assert!(rendered.status.success(), "helm template failed");
+    let layout = Layout::shared();
+    let mut apply = Command::new(toolchain::binary_or_path(&layout, "kubectl"));
+    apply
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["apply", "--dry-run=server", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = apply.spawn().unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&rendered.stdout).unwrap();
+    }
+    let dry_run = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&dry_run.stdout);
+    let stderr = String::from_utf8_lossy(&dry_run.stderr);
+    eprintln!("kubectl apply --dry-run=server:\n{stdout}{stderr}");
+    assert!(dry_run.status.success(), "dry run refused: {stderr}");
+    assert!(
+        !stderr.contains("Warning"),
+        "the dry run warned (Pod Security restricted?): {stderr}"
+    );
+    for kind in [
+        "deployment.apps/kt-kubetemplater-coordinator",
+        "deployment.apps/kt-kubetemplater-worker",
+        "deployment.apps/kt-kubetemplater-webhook",
+        "horizontalpodautoscaler.autoscaling/kt-kubetemplater-worker",
+        "poddisruptionbudget.policy/kt-kubetemplater-webhook",
+        "validatingwebhookconfiguration.admissionregistration.k8s.io/",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/",
+        "networkpolicy.networking.k8s.io/",
+        "clusterrole.rbac.authorization.k8s.io/",
+        "customresourcedefinition.apiextensions.k8s.io/tenants.operator.kubernetes-tenants.org",
+    ] {
+        assert!(stdout.contains(kind), "{kind} not rendered:\n{stdout}");
+    }
+
+    // A real install: every Deployment becomes Available (--wait), the HPA is accepted.
+    let mut install = helm(home.path());
+    install
+        .env("KUBECONFIG", &kubeconfig)
+        .args([
+            "install",
+            RELEASE,
+            "--namespace",
+            NAMESPACE,
+            "--wait",
+            "--timeout",
+            "4m",
+        ])
+        .arg(chart());
+    let installed = run(install);
+    assert!(installed.status.success(), "helm install failed");
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let list = deployments.list(&ListParams::default()).await.unwrap();
+    let mut available: Vec<(String, i32)> = list
+        .items
+        .iter()
+        .map(|d| {
+            let status = d.status.clone().unwrap_or_default();
+            let ready = status
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True");
+            assert!(
+                ready,
+                "{} is not Available",
+                d.metadata.name.clone().unwrap()
+            );
+            (
+                d.metadata.name.clone().unwrap(),
+                status.available_replicas.unwrap_or(0),
+            )
+        })
+        .collect();
+    available.sort();
+    assert_eq!(
+        available,
+        [
+            ("kt-kubetemplater-coordinator".to_owned(), 2),
+            ("kt-kubetemplater-webhook".to_owned(), 2),
+            ("kt-kubetemplater-worker".to_owned(), 2),
+        ],
+        "workers start at the HPA's minReplicas"
+    );
+    let hpa = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), NAMESPACE)
+        .get("kt-kubetemplater-worker")
+        .await
+        .unwrap();
+    let metrics: Vec<String> = hpa
+        .spec
+        .metrics
+        .unwrap_or_default()
+        .iter()
+        .map(|m| {
+            m.pods
+                .as_ref()
+                .map(|p| p.metric.name.clone())
+                .or_else(|| m.resource.as_ref().map(|r| r.name.clone()))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(metrics, ["kubetemplater_queue_depth", "cpu"]);
+
+    // What a user lists afterwards.
+    let mut get = Command::new(toolchain::binary_or_path(&layout, "kubectl"));
+    get.env("KUBECONFIG", &kubeconfig).args([
+        "get",
+        "deployments,hpa,pdb,services,serviceaccounts,networkpolicies",
+        "--namespace",
+        NAMESPACE,
+    ]);
+    let listed = run(get);
+    assert!(listed.status.success());
+    // The HPA owns the worker count: an upgrade keeps what it set.
+    deployments
+        .patch(
+            "kt-kubetemplater-worker",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 4}})),
+        )
+        .await
+        .unwrap();
+    let mut upgrade = helm(home.path());
+    upgrade
+        .env("KUBECONFIG", &kubeconfig)
+        .args([
+            "upgrade",
+            RELEASE,
+            "--namespace",
+            NAMESPACE,
+            "--reuse-values",
+            "--set",
+            "worker.concurrency=8",
+        ])
+        .arg(chart());
+    assert!(run(upgrade).status.success(), "helm upgrade failed");
+    let worker = deployments.get("kt-kubetemplater-worker").await.unwrap();
+    assert_eq!(
+        worker.spec.unwrap().replicas,
+        Some(4),
+        "the upgrade reset the worker count"
+    );
+
+    let mut uninstall = helm(home.path());
+    uninstall.env("KUBECONFIG", &kubeconfig).args([
+        "uninstall",
+        RELEASE,
+        "--namespace",
+        NAMESPACE,
+        "--wait",
+    ]);
+    assert!(run(uninstall).status.success(), "helm uninstall failed");
+    drop(cluster);
+}
