@@ -2,8 +2,10 @@
 //! its Go module: it lints; bad values are refused with a message that names them; its rendered
 //! objects pass a server-side dry run in a namespace that enforces the `restricted` Pod Security
 //! level, without a warning; and a real `helm install` into a private devcluster succeeds with
-//! every Deployment Available (kwok runs the pods) and the HPA accepted; an upgrade keeps the
-//! worker count the HPA set.
+//! every Deployment Available (kwok runs the pods) and the HPA accepted; the chart's identities
+//! (ServiceAccount tokens from the TokenRequest API) are refused what they must not do (a worker
+//! writing in the release namespace other than Leases, the webhook writing KubeTemplates); an
+//! upgrade keeps the worker count the HPA set.
 //!
 //! A private cluster, so the chart's webhook configurations (whose pods answer nothing under kwok)
 //! never see the shared cluster's requests.
@@ -16,8 +18,10 @@ use devcluster::layout::{Layout, repo_root};
 use devcluster::testing::PrivateCluster;
 use devcluster::toolchain::{self, Tool};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -42,6 +46,34 @@ fn helm(home: &Path) -> Command {
         cmd.env(var, home.join(dir));
     }
     cmd
+}
+
+/// A token for a ServiceAccount of the release, from the TokenRequest API (what its pods get).
+async fn token(client: &kube::Client, service_account: &str) -> String {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NAMESPACE);
+    let request: TokenRequest = serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 600}
+    }))
+    .unwrap();
+    let answer: TokenRequest = accounts
+        .create_subresource("token", service_account, &PostParams::default(), &request)
+        .await
+        .unwrap();
+    answer.status.unwrap().token.unwrap()
+}
+
+/// A client for the cluster of `kubeconfig` that authenticates with `token`.
+async fn client_for(kubeconfig: &Path, token: &str) -> kube::Client {
+    let file = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.to_owned().into()),
+        ..Default::default()
+    };
+    kube::Client::try_from(config).unwrap()
 }
 
 fn run(mut cmd: Command) -> Output {
@@ -159,6 +191,7 @@ async fn the_chart_installs_under_restricted_pod_security() {
         "networkpolicy.networking.k8s.io/",
         "clusterrole.rbac.authorization.k8s.io/",
         "customresourcedefinition.apiextensions.k8s.io/tenants.operator.kubernetes-tenants.org",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/kt-kubetemplater-system-namespace-guard",
     ] {
         assert!(stdout.contains(kind), "{kind} not rendered:\n{stdout}");
     }
@@ -242,6 +275,83 @@ async fn the_chart_installs_under_restricted_pod_security() {
     ]);
     let listed = run(get);
     assert!(listed.status.success());
+    // The chart's identities: a worker's ServiceAccount token (TokenRequest, as its pods get)
+    // may write what templates ask for elsewhere, but in the release namespace only Leases; the
+    // webhook's may not write KubeTemplates at all.
+    let worker = client_for(
+        &kubeconfig,
+        &token(&client, "kt-kubetemplater-worker").await,
+    )
+    .await;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let bucket_map: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "kt-kubetemplater-bucket-map"}}))
+            .unwrap();
+    // Admission policies take effect once kube-apiserver has loaded them (a second or so).
+    let started = std::time::Instant::now();
+    let refused = loop {
+        match Api::<ConfigMap>::namespaced(worker.clone(), NAMESPACE)
+            .create(&dry_run, &bucket_map)
+            .await
+        {
+            Err(refused) => break refused,
+            Ok(_) if started.elapsed() < std::time::Duration::from_secs(30) => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Ok(_) => panic!("the worker may write the bucket map 30 s after the install"),
+        }
+    };
+    assert!(
+        refused.to_string().contains(
+            "kubetemplater workers may write only their own Leases in kubetemplater, not configmaps kt-kubetemplater-bucket-map"
+        ),
+        "{refused}"
+    );
+    let leader: Lease =
+        serde_json::from_value(json!({"metadata": {"name": "kubetemplater-coordinator"}})).unwrap();
+    let refused = Api::<Lease>::namespaced(worker.clone(), NAMESPACE)
+        .create(&dry_run, &leader)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("only their own Leases"),
+        "{refused}"
+    );
+    let own: Lease =
+        serde_json::from_value(json!({"metadata": {"name": "kt-kubetemplater-worker-abc"}}))
+            .unwrap();
+    Api::<Lease>::namespaced(worker.clone(), NAMESPACE)
+        .create(&dry_run, &own)
+        .await
+        .expect("a worker writes its own Lease");
+    Api::<ConfigMap>::namespaced(worker, "default")
+        .create(&dry_run, &bucket_map)
+        .await
+        .expect("a worker writes what templates ask for outside the release namespace");
+    let webhook = client_for(
+        &kubeconfig,
+        &token(&client, "kt-kubetemplater-webhook").await,
+    )
+    .await;
+    let template: api::KubeTemplate = serde_json::from_value(json!({
+        "apiVersion": "kubetemplater.io/v1alpha1", "kind": "KubeTemplate",
+        "metadata": {"name": "probe"}, "spec": {"templates": []}
+    }))
+    .unwrap();
+    let refused = Api::<api::KubeTemplate>::namespaced(webhook, "default")
+        .create(&dry_run, &template)
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("cannot create resource \"kubetemplates\""),
+        "{refused}"
+    );
+
     // The HPA owns the worker count: an upgrade keeps what it set.
     deployments
         .patch(

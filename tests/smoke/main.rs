@@ -6,4 +6,5 @@ mod api_semantics;
 mod audit;
 mod compat;
 mod crds;
+mod identities;
 mod kubectl;
