@@ -464,7 +464,16 @@ async fn a_terminating_namespace_is_left_alone() {
         .namespace_without_admission("tenant-term-home")
         .await
         .unwrap();
-    let reconciler = TenantReconciler::new(Applier::new(client.clone()), 4);
+    // With events, as a worker runs it: none can be created in a terminating namespace.
+    let reconciler = TenantReconciler::new(Applier::new(client.clone()), 4).with_events(
+        kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "kubetemplater-worker".to_owned(),
+                instance: Some("test".to_owned()),
+            },
+        ),
+    );
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let spec = |ns: &str| {
         json!({"configMaps": [{"id": "cfg", "nameTemplate": "{{ .uid }}-cfg", "targetNamespace": ns,

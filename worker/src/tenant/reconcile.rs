@@ -243,6 +243,11 @@ impl TenantReconciler {
         let Some(recorder) = &self.events else {
             return;
         };
+        // No event can be created in a terminating namespace (the Tenants of a namespace being
+        // deleted are finalized in bulk): not even tried once one was refused.
+        if self.namespace_terminating(tenant) {
+            return;
+        }
         let uid = tenant.metadata.uid.clone().unwrap_or_default();
         let entry = {
             use std::hash::{Hash as _, Hasher as _};
@@ -281,8 +286,19 @@ impl TenantReconciler {
                 }
                 reported.insert(uid, entry);
             }
+            Err(kube::Error::Api(status)) if status_terminating(&status) => {
+                self.remember_terminating(&tenant.namespace().unwrap_or_default());
+            }
             Err(error) => tracing::debug!(%error, reason, "publishing an event failed"),
         }
+    }
+
+    /// Remembers that a write into `namespace` was refused because it is terminating.
+    fn remember_terminating(&self, namespace: &str) {
+        let now = jiff::Timestamp::now();
+        let mut terminating = lock(&self.terminating);
+        terminating.retain(|_, at| elapsed(*at, now) < TERMINATING_MEMORY);
+        terminating.insert(namespace.to_owned(), now);
     }
 
     /// Whether `tenant`'s namespace was seen terminating after the Tenant was created (a Tenant
@@ -443,13 +459,8 @@ impl TenantReconciler {
                     _ => None,
                 })
                 .collect();
-            if !seen.is_empty() {
-                let now = jiff::Timestamp::now();
-                let mut terminating = lock(&self.terminating);
-                terminating.retain(|_, at| elapsed(*at, now) < TERMINATING_MEMORY);
-                for namespace in &seen {
-                    terminating.insert(namespace.clone(), now);
-                }
+            for namespace in &seen {
+                self.remember_terminating(namespace);
             }
             if seen.contains(&own) {
                 tracing::debug!(tenant = %Self::tenant_ref(tenant), "its namespace is terminating; left alone");
@@ -1083,11 +1094,16 @@ fn drifted(object: &TenantObject, live: &Value) -> bool {
 /// Whether a write was refused because the object's namespace is terminating (the
 /// `NamespaceTerminating` cause of the NamespaceLifecycle admission plugin).
 fn namespace_terminating(error: &WriteError) -> bool {
-    matches!(error, WriteError::Api(kube::Error::Api(s))
-    if s.code == 403
-        && s.details.as_ref().is_some_and(|d| {
-            d.causes.iter().any(|c| c.reason == "NamespaceTerminating")
-        }))
+    matches!(error, WriteError::Api(kube::Error::Api(s)) if status_terminating(s))
+}
+
+/// Whether an API error is the `NamespaceTerminating` refusal.
+fn status_terminating(status: &kube::core::Status) -> bool {
+    status.code == 403
+        && status
+            .details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
 }
 
 /// Time from `since` to `now` (zero when the clock went back).
