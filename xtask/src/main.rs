@@ -599,6 +599,9 @@ async fn test(kubeconfig: Option<PathBuf>, cargo_args: Vec<String>) -> Result<Ex
     let _ = sweep.stdout(std::process::Stdio::null()).status();
     if let Some(cluster) = started_here {
         cluster.stop()?;
+        // And the throwaway database servers the tests started (a run against a cluster `up`
+        // started leaves them for the next run, as it leaves the cluster).
+        devcluster::database::stop_all(&layout)?;
     }
     Ok(if status.success() {
         ExitCode::SUCCESS
