@@ -19,8 +19,8 @@
 //! A create refused because its namespace is terminating is not a failure: in the Tenant's own
 //! namespace the Tenant itself is about to be deleted, so the pass stops without writing (and
 //! the namespace is remembered: its other Tenants are left alone without API calls, while the
-//! namespace controller deletes their objects); in another namespace the object waits for the
-//! namespace to be gone and is created again then.
+//! namespace controller deletes their objects); in another namespace the object waits (looked at
+//! again every [`TERMINATING_POLL`]) while that namespace terminates.
 //!
 //! Every write goes through the worker's [`Writes`] (its Lease's fence and the write timeout).
 
@@ -57,9 +57,9 @@ pub const READINESS_POLL: Duration = Duration::from_secs(2);
 /// How long to wait before creating an object again in a namespace that was terminating.
 pub const TERMINATING_POLL: Duration = Duration::from_secs(5);
 
-/// How long a namespace seen terminating is remembered; deleting a namespace full of objects
-/// takes the namespace controller about this long per few hundred objects, and a Tenant created
-/// after it was seen is never skipped (it lives in a new namespace of the same name).
+/// How long a namespace seen terminating is remembered. A long deletion is covered by the next
+/// refused write after it (one try a minute); a Tenant created after the refusal was seen is never
+/// skipped (it lives in a new namespace of the same name).
 const TERMINATING_MEMORY: Duration = Duration::from_secs(60);
 
 /// Tenants remembered between passes before completed entries are dropped.
