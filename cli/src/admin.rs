@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::PathBuf;
 
-use proto::v1::admin_service_client::AdminServiceClient;
+use proto::client::{Credentials, admin_client};
 use proto::v1::{self, BucketState, WorkerState};
 
 use crate::{EXIT_BAD_INPUT, EXIT_OK};
@@ -22,6 +23,16 @@ pub struct Connection {
         global = true
     )]
     pub coordinator: Vec<String>,
+    /// The kubeconfig (default: `$KUBECONFIG`, else `~/.kube/config`, else in-cluster): the
+    /// cluster of `tenants`, and the credentials sent to the admin API.
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// A Kubernetes bearer token for the admin API. Without it, the current kubeconfig's
+    /// credentials are sent (token, token file or exec plugin). The coordinator checks the token
+    /// (TokenReview) and the caller's RBAC: `get shards.kubetemplater.io` to inspect,
+    /// `update` to drain or rebalance, in the coordinator's namespace.
+    #[arg(long, env = "KT_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
     /// Output format of the admin commands and `tenants`.
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
     pub format: Format,
@@ -63,6 +74,39 @@ pub enum AdminCommand {
         /// The worker id.
         worker: String,
     },
+}
+
+impl Connection {
+    /// The credentials sent with every admin call: `--token`, else the kubeconfig's.
+    pub async fn credentials(&self) -> Result<Credentials, String> {
+        if let Some(token) = self.token.as_deref().filter(|t| !t.trim().is_empty()) {
+            return Credentials::token(token.trim()).map_err(|e| e.to_string());
+        }
+        let config = self
+            .kube_config()
+            .await
+            .map_err(|e| format!("the admin API needs credentials: {e}; or pass --token"))?;
+        Credentials::from_kube_config(&config).map_err(|e| e.to_string())
+    }
+
+    /// The client configuration of `--kubeconfig`, or from the usual places.
+    pub async fn kube_config(&self) -> Result<kube::Config, String> {
+        match &self.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| format!("reading kubeconfig {}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(
+                    kubeconfig,
+                    &kube::config::KubeConfigOptions::default(),
+                )
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))
+            }
+            None => kube::Config::infer().await.map_err(|e| {
+                format!("no usable kubeconfig (pass --kubeconfig or set KUBECONFIG): {e}")
+            }),
+        }
+    }
 }
 
 /// Compresses sorted bucket numbers into ranges: `0-3, 7, 9-10`.
@@ -201,13 +245,22 @@ async fn call_leader(
     command: &AdminCommand,
     out: &mut dyn Write,
 ) -> Result<(), String> {
+    let credentials = connection.credentials().await?;
     let mut tried = Vec::new();
     for address in connection
         .coordinator
         .iter()
         .filter(|a| !a.trim().is_empty())
     {
-        match call(address.trim(), connection.format, command, out).await {
+        match call(
+            address.trim(),
+            &credentials,
+            connection.format,
+            command,
+            out,
+        )
+        .await
+        {
             Ok(()) => return Ok(()),
             Err(CallError::Final(message)) => return Err(message),
             Err(CallError::TryNext(message)) => tried.push(message),
@@ -226,6 +279,7 @@ async fn call_leader(
 /// do (a standby or an unreachable address is skipped). Connecting and the call are bounded, so
 /// a command that only decorates its output with owners does not hang on a filtered address.
 pub async fn bucket_map(connection: &Connection) -> Result<v1::GetBucketMapResponse, String> {
+    let credentials = connection.credentials().await?;
     let mut tried = Vec::new();
     for address in connection
         .coordinator
@@ -242,8 +296,8 @@ pub async fn bucket_map(connection: &Connection) -> Result<v1::GetBucketMapRespo
                 continue;
             }
         };
-        let mut client = match endpoint.connect().await {
-            Ok(channel) => AdminServiceClient::new(channel),
+        let mut client = match admin_client(endpoint, &credentials).await {
+            Ok(client) => client,
             Err(e) => {
                 tried.push(format!("cannot reach {address}: {e}"));
                 continue;
@@ -269,11 +323,14 @@ pub async fn bucket_map(connection: &Connection) -> Result<v1::GetBucketMapRespo
 
 async fn call(
     address: &str,
+    credentials: &Credentials,
     format: Format,
     command: &AdminCommand,
     out: &mut dyn Write,
 ) -> Result<(), CallError> {
-    let mut client = AdminServiceClient::connect(address.to_owned())
+    let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
+        .map_err(|e| CallError::Final(format!("coordinator address {address:?}: {e}")))?;
+    let mut client = admin_client(endpoint, credentials)
         .await
         .map_err(|e| CallError::TryNext(format!("cannot reach {address}: {e}")))?;
     let status = |e: tonic::Status| {

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
 
 use api::constants::condition::{DELETION_BLOCKED, READY};
 use api::constants::{LABEL_BUCKET, LABEL_TENANT_REGISTRY, LABEL_TENANT_UID};
@@ -30,9 +29,6 @@ pub struct TenantsArgs {
     /// The registry's namespace (default: the kubeconfig context's namespace, else `default`).
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
-    /// The kubeconfig (default: `$KUBECONFIG`, else `~/.kube/config`, else in-cluster).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
 }
 
 /// A condition as printed.
@@ -379,32 +375,14 @@ pub fn run(
     }
 }
 
-/// A client and its default namespace from `--kubeconfig`, or from the usual places.
-async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, String> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("reading kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(
-                kubeconfig,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
-        }
-        None => kube::Config::infer().await.map_err(|e| {
-            format!("no usable kubeconfig (pass --kubeconfig or set KUBECONFIG): {e}")
-        })?,
-    };
-    kube::Client::try_from(config).map_err(|e| format!("creating the Kubernetes client: {e}"))
-}
-
 async fn collect(
     connection: &Connection,
     args: &TenantsArgs,
     err: &mut dyn Write,
 ) -> Result<Report, String> {
-    let client = client(args.kubeconfig.as_ref()).await?;
+    let config = connection.kube_config().await?;
+    let client = kube::Client::try_from(config)
+        .map_err(|e| format!("creating the Kubernetes client: {e}"))?;
     let namespace = args
         .namespace
         .clone()

@@ -9,6 +9,24 @@ use tonic::{Request, Response, Status};
 
 struct Canned;
 
+/// The credentials ktctl sent: `ops-token` may do everything, `viewer-token` may only read.
+fn authorized<T>(request: &Request<T>, changes: bool) -> Result<(), Status> {
+    match request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("Bearer ops-token") => Ok(()),
+        Some("Bearer viewer-token") if !changes => Ok(()),
+        Some("Bearer viewer-token") => Err(Status::permission_denied(
+            "user \"viewer\" lacks permission `update shards.kubetemplater.io in namespace \"kubetemplater-system\"`, which DrainWorker needs",
+        )),
+        other => Err(Status::unauthenticated(format!(
+            "unexpected credentials {other:?}"
+        ))),
+    }
+}
+
 fn assignment(bucket: u32, owner: &str, state: BucketState) -> v1::BucketAssignment {
     v1::BucketAssignment {
         bucket,
@@ -24,8 +42,9 @@ fn assignment(bucket: u32, owner: &str, state: BucketState) -> v1::BucketAssignm
 impl AdminService for Canned {
     async fn list_workers(
         &self,
-        _: Request<v1::ListWorkersRequest>,
+        request: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        authorized(&request, false)?;
         Ok(Response::new(v1::ListWorkersResponse {
             workers: vec![v1::WorkerInfo {
                 id: "worker-0".into(),
@@ -43,8 +62,9 @@ impl AdminService for Canned {
     }
     async fn get_bucket_map(
         &self,
-        _: Request<v1::GetBucketMapRequest>,
+        request: Request<v1::GetBucketMapRequest>,
     ) -> Result<Response<v1::GetBucketMapResponse>, Status> {
+        authorized(&request, false)?;
         Ok(Response::new(v1::GetBucketMapResponse {
             bucket_count: 6,
             leader_id: "coordinator-1".into(),
@@ -64,6 +84,7 @@ impl AdminService for Canned {
         &self,
         r: Request<v1::LocateRequest>,
     ) -> Result<Response<v1::LocateResponse>, Status> {
+        authorized(&r, false)?;
         let Some(v1::locate_request::Key::Namespace(ns)) = r.into_inner().key else {
             return Err(Status::invalid_argument("ns"));
         };
@@ -77,14 +98,16 @@ impl AdminService for Canned {
     }
     async fn list_handoffs(
         &self,
-        _: Request<v1::ListHandoffsRequest>,
+        request: Request<v1::ListHandoffsRequest>,
     ) -> Result<Response<v1::ListHandoffsResponse>, Status> {
+        authorized(&request, false)?;
         Ok(Response::new(v1::ListHandoffsResponse::default()))
     }
     async fn drain_worker(
         &self,
-        _: Request<v1::DrainWorkerRequest>,
+        request: Request<v1::DrainWorkerRequest>,
     ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
+        authorized(&request, true)?;
         Ok(Response::new(v1::DrainWorkerResponse {
             moves: (0..3)
                 .map(|b| v1::BucketMove {
@@ -97,14 +120,19 @@ impl AdminService for Canned {
     }
     async fn rebalance(
         &self,
-        _: Request<v1::RebalanceRequest>,
+        request: Request<v1::RebalanceRequest>,
     ) -> Result<Response<v1::RebalanceResponse>, Status> {
+        authorized(&request, true)?;
         Err(Status::unimplemented("not in this test"))
     }
 }
 
 fn ktctl(url: &str, args: &[&str]) -> (u8, String, String) {
-    let mut argv = vec!["ktctl", "--coordinator", url];
+    ktctl_as("ops-token", url, args)
+}
+
+fn ktctl_as(token: &str, url: &str, args: &[&str]) -> (u8, String, String) {
+    let mut argv = vec!["ktctl", "--coordinator", url, "--token", token];
     argv.extend_from_slice(args);
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = ktctl::run(ktctl::Args::parse_from(argv), &mut out, &mut err);
@@ -177,6 +205,20 @@ fn admin_commands_print_for_people() {
 
     let (_, out, _) = ktctl(url, &["drain", "worker-0"]);
     assert_eq!(out.trim(), "draining worker-0: 3 bucket(s) moving: 0-2");
+
+    // The coordinator's refusal is printed as it is, and no other address is tried.
+    let (code, out, err) = ktctl_as(
+        "viewer-token",
+        &format!("{url},http://127.0.0.1:1"),
+        &["drain", "worker-0"],
+    );
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(
+        err.contains("PermissionDenied")
+            && err.contains("lacks permission `update shards.kubetemplater.io")
+            && !err.contains("127.0.0.1:1"),
+        "{err}"
+    );
 }
 
 #[test]

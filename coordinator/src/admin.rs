@@ -1,13 +1,16 @@
 //! The coordinator's `AdminService`, answered from the leader loop's [`Snapshot`] and the object
-//! counts, never from the API server. Drain and rebalance are events for the loop.
+//! counts, never from the API server. Drain and rebalance are events for the loop. Every call
+//! is authorized first ([`Access`]: TokenReview, then SubjectAccessReview).
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use proto::v1::admin_service_server::AdminService;
 use proto::v1::{self, BucketState, HandoffOutcome, WorkerState};
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
 
+use crate::access::{Access, Action};
 use crate::core::{Event, HandoffRecord, Snapshot};
 use crate::counts::BucketCounts;
 use crate::sessions::Leadership;
@@ -20,6 +23,7 @@ pub struct Admin {
     counts: BucketCounts,
     events: mpsc::Sender<Event>,
     buckets: NonZeroU32,
+    access: Arc<Access>,
 }
 
 impl Admin {
@@ -30,6 +34,7 @@ impl Admin {
         counts: BucketCounts,
         events: mpsc::Sender<Event>,
         buckets: NonZeroU32,
+        access: Arc<Access>,
     ) -> Self {
         Self {
             snapshot,
@@ -37,7 +42,21 @@ impl Admin {
             counts,
             events,
             buckets,
+            access,
         }
+    }
+
+    /// The leader's term, once the caller may do `action`: a standby answers UNAVAILABLE
+    /// without asking the API server, so clients move on to the next address.
+    async fn admit<T>(
+        &self,
+        request: &Request<T>,
+        action: Action,
+        call: &str,
+    ) -> Result<Leadership, Status> {
+        let leader = self.leader()?;
+        self.access.authorize(request, action, call).await?;
+        Ok(leader)
     }
 
     fn leader(&self) -> Result<Leadership, Status> {
@@ -114,9 +133,9 @@ fn handoff(record: &HandoffRecord) -> v1::Handoff {
 impl AdminService for Admin {
     async fn list_workers(
         &self,
-        _: Request<v1::ListWorkersRequest>,
+        request: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
-        self.leader()?;
+        self.admit(&request, Action::Read, "ListWorkers").await?;
         let snap = self.snapshot.borrow().clone();
         let mut ids: Vec<String> = snap
             .live
@@ -157,9 +176,9 @@ impl AdminService for Admin {
 
     async fn get_bucket_map(
         &self,
-        _: Request<v1::GetBucketMapRequest>,
+        request: Request<v1::GetBucketMapRequest>,
     ) -> Result<Response<v1::GetBucketMapResponse>, Status> {
-        let leader = self.leader()?;
+        let leader = self.admit(&request, Action::Read, "GetBucketMap").await?;
         let snap = self.snapshot.borrow().clone();
         let counts = self.counts.snapshot();
         let buckets = snap
@@ -193,7 +212,7 @@ impl AdminService for Admin {
         &self,
         request: Request<v1::LocateRequest>,
     ) -> Result<Response<v1::LocateResponse>, Status> {
-        self.leader()?;
+        self.admit(&request, Action::Read, "Locate").await?;
         let shard_key = match request.into_inner().key {
             Some(v1::locate_request::Key::Namespace(ns)) if !ns.is_empty() => {
                 engine::bucket::kubetemplate_shard_key(&ns)
@@ -220,7 +239,7 @@ impl AdminService for Admin {
         &self,
         request: Request<v1::ListHandoffsRequest>,
     ) -> Result<Response<v1::ListHandoffsResponse>, Status> {
-        self.leader()?;
+        self.admit(&request, Action::Read, "ListHandoffs").await?;
         let limit = request.into_inner().effective_limit() as usize;
         let snap = self.snapshot.borrow().clone();
         let handoffs = snap
@@ -237,7 +256,7 @@ impl AdminService for Admin {
         &self,
         request: Request<v1::DrainWorkerRequest>,
     ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
-        self.leader()?;
+        self.admit(&request, Action::Change, "DrainWorker").await?;
         let worker = request.into_inner().worker_id;
         if worker.is_empty() {
             return Err(Status::invalid_argument("worker_id is empty"));
@@ -263,8 +282,13 @@ impl AdminService for Admin {
         &self,
         request: Request<v1::RebalanceRequest>,
     ) -> Result<Response<v1::RebalanceResponse>, Status> {
-        self.leader()?;
-        let dry_run = request.into_inner().dry_run;
+        let dry_run = request.get_ref().dry_run;
+        let action = if dry_run {
+            Action::Read
+        } else {
+            Action::Change
+        };
+        self.admit(&request, action, "Rebalance").await?;
         let mut snapshot = self.snapshot.clone();
         if !dry_run {
             self.events

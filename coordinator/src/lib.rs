@@ -5,6 +5,7 @@
 //! objects per bucket; moves between plans). [`handoff`]
 //! turns a plan into revoke → release → grant steps, [`core`] runs the leader's loop.
 
+pub mod access;
 pub mod admin;
 pub mod config;
 pub mod core;

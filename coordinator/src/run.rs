@@ -25,6 +25,7 @@ use tenant::metrics::RegistryMetrics;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Access;
 use crate::admin::Admin;
 use crate::config::Args;
 use crate::core::{Core, Event, Snapshot};
@@ -172,6 +173,7 @@ pub async fn run(
             counts.clone(),
             events_tx.clone(),
             buckets,
+            Arc::new(Access::new(client.clone(), args.namespace.clone())),
         )))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use std::num::NonZeroU32;
 
+use coordinator::access::Access;
 use coordinator::admin::Admin;
 use coordinator::core::{Core, Event, Planner};
 use coordinator::counts::BucketCounts;
@@ -16,7 +17,7 @@ use coordinator::sessions::{Leadership, WorkerSessions};
 use coordinator::store::MapStore;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use proto::v1::admin_service_client::AdminServiceClient;
+use proto::client::Credentials;
 use proto::v1::admin_service_server::AdminServiceServer;
 use proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::sync::{mpsc, watch};
@@ -148,6 +149,7 @@ async fn a_joining_worker_gets_half_and_nobody_double_holds() {
                 BucketCounts::new(NonZeroU32::new(B).unwrap()),
                 events.clone(),
                 NonZeroU32::new(B).unwrap(),
+                Arc::new(Access::new(client.clone(), &ns)),
             )))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
@@ -194,7 +196,20 @@ async fn a_joining_worker_gets_half_and_nobody_double_holds() {
     assert_eq!(reread.load().await.unwrap(), snap.slots);
 
     // The admin API shows the same map, locates a namespace, lists the workers.
-    let mut admin = AdminServiceClient::connect(format!("http://{addr}"))
+    // A call without a token is refused; the admin kubeconfig's token (cluster-admin) passes.
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let refused = proto::client::admin_client(endpoint.clone(), &Credentials::none())
+        .await
+        .unwrap()
+        .get_bucket_map(proto::v1::GetBucketMapRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let config = devcluster::cluster::config_from_kubeconfig(&target.kubeconfig)
+        .await
+        .unwrap();
+    let credentials = Credentials::from_kube_config(&config).unwrap();
+    let mut admin = proto::client::admin_client(endpoint, &credentials)
         .await
         .unwrap();
     let map = admin

@@ -314,6 +314,15 @@ impl Endpoints {
 
 /// A Kubernetes client from a kubeconfig file (its current context).
 pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
+    let config = config_from_kubeconfig(path).await?;
+    kube::Client::try_from(config).map_err(Error::kube(format!(
+        "loading kubeconfig {}",
+        path.display()
+    )))
+}
+
+/// The client configuration of a kubeconfig file's current context (its credentials too).
+pub async fn config_from_kubeconfig(path: &Path) -> Result<kube::Config> {
     let action = format!("loading kubeconfig {}", path.display());
     let config = kube::config::Kubeconfig::read_from(path).map_err(|e| Error::Kube {
         action: action.clone(),
@@ -323,10 +332,10 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
         kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
             .await
             .map_err(|e| Error::Kube {
-                action: action.clone(),
+                action,
                 source: Box::new(e),
             })?;
-    kube::Client::try_from(config).map_err(Error::kube(action))
+    Ok(config)
 }
 
 fn admin_token(kubeconfig: &Path) -> Result<String> {

@@ -9,7 +9,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use proto::v1::admin_service_client::AdminServiceClient;
+use proto::client::{AdminClient, Credentials};
 use proto::v1::{self};
 use serde::Serialize;
 
@@ -106,19 +106,16 @@ impl Scaler for CommandScaler {
     }
 }
 
-/// The leader's admin client among `urls`.
-async fn leader(urls: &str) -> Result<AdminServiceClient<tonic::transport::Channel>> {
-    let mut last = String::from("no coordinator address");
-    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-        match AdminServiceClient::connect(url.to_owned()).await {
-            Ok(mut client) => match client.get_bucket_map(v1::GetBucketMapRequest {}).await {
-                Ok(_) => return Ok(client),
-                Err(status) => last = format!("{url}: {}", status.message()),
-            },
-            Err(e) => last = format!("{url}: {e}"),
-        }
-    }
-    Err(Error::Cluster(format!("no coordinator leads: {last}")))
+/// The leader's admin client among `urls`, called with the kubeconfig's credentials.
+async fn leader(urls: &str, kubeconfig: &std::path::Path) -> Result<AdminClient> {
+    let config = devcluster::cluster::config_from_kubeconfig(kubeconfig)
+        .await
+        .map_err(|e| Error::Cluster(e.to_string()))?;
+    let credentials = Credentials::from_kube_config(&config)
+        .map_err(|e| Error::Cluster(format!("the admin API: {e}")))?;
+    proto::client::leader(urls.split(','), &credentials, |e| e)
+        .await
+        .map_err(|e| Error::Cluster(e.to_string()))
 }
 
 /// Runs `rebalance`.
@@ -163,11 +160,11 @@ pub async fn run(
             ));
         }
     };
-    let mut admin = leader(&urls).await?;
+    let mut admin = leader(&urls, &target.kubeconfig).await?;
     let started_at = std::time::SystemTime::now();
     let panels = churn::run(target, &args.churn, Some(scaler.as_mut()), quiet, report).await?;
     // The leader may have changed; ask again.
-    if let Ok(fresh) = leader(&urls).await {
+    if let Ok(fresh) = leader(&urls, &target.kubeconfig).await {
         admin = fresh;
     }
     let handoffs = admin

@@ -5,6 +5,8 @@
 //!   between each worker and the coordinator leader (`worker.proto`).
 //! - [`v1::admin_service_server`] / [`v1::admin_service_client`]: the coordinator's
 //!   `AdminService` (`admin.proto`), used by `ktctl`.
+//! - [`client`]: calling the `AdminService` as a Kubernetes user (the kubeconfig's credentials)
+//!   and finding the leading coordinator.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for a gRPC reflection service.
 //!
 //! The comments in the `.proto` files are the field-by-field documentation; they also appear on
@@ -79,6 +81,8 @@ use std::time::Duration;
 /// The generated messages, enums, clients and servers of package `kubetemplater.v1`, plus the
 /// conveniences below.
 #[allow(clippy::all, clippy::pedantic, clippy::nursery)]
+pub mod client;
+
 pub mod v1 {
     tonic::include_proto!("kubetemplater.v1");
 }

@@ -29,7 +29,7 @@ fn assert_near_ideal(what: &str, moved: f64, ideal: f64) {
 }
 
 /// Polls the leader's handoff history into `log` until `cancel`.
-fn collect_handoffs(
+async fn collect_handoffs(
     system: &System,
     log: Arc<Mutex<HandoffLog>>,
     cancel: CancellationToken,
@@ -39,11 +39,14 @@ fn collect_handoffs(
         .split(',')
         .map(str::to_owned)
         .collect();
+    let credentials = system.credentials().await.unwrap();
     tokio::spawn(async move {
         while !cancel.is_cancelled() {
             for url in &urls {
-                let Ok(mut admin) =
-                    proto::v1::admin_service_client::AdminServiceClient::connect(url.clone()).await
+                let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.clone()) else {
+                    continue;
+                };
+                let Ok(mut admin) = proto::client::admin_client(endpoint, &credentials).await
                 else {
                     continue;
                 };
@@ -76,7 +79,7 @@ async fn five_hundred_templates_then_scaling_without_overlap() -> Result<()> {
     let start = audit.as_ref().map(AuditLog::cursor).transpose()?;
     let handoffs = Arc::new(Mutex::new(HandoffLog::default()));
     let stop = CancellationToken::new();
-    let poller = collect_handoffs(&system, handoffs.clone(), stop.clone());
+    let poller = collect_handoffs(&system, handoffs.clone(), stop.clone()).await;
 
     let namespaces = workload::namespaces_with_policies(&client, "shard", 100).await?;
     let first = workload::names(&namespaces, 0, 5);
@@ -99,6 +102,8 @@ async fn five_hundred_templates_then_scaling_without_overlap() -> Result<()> {
             .args(["run", "-q", "-p", "ktctl", "--"])
             .args(args)
             .args(["--coordinator", &system.coordinator_urls()])
+            .arg("--kubeconfig")
+            .arg(&system.endpoints().kubeconfig)
             .output()?;
         anyhow::ensure!(
             out.status.success(),

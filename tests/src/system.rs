@@ -14,7 +14,7 @@ use devcluster::stack::{self, Component, ShardConfig};
 use devcluster::testing::{ExternalStack, PrivateCluster};
 use devcluster::{Endpoints, Layout};
 use kube::Client;
-use proto::v1::admin_service_client::AdminServiceClient;
+use proto::client::{AdminClient, Credentials};
 use proto::v1::{self};
 
 use crate::{eventually, install_crds};
@@ -248,20 +248,21 @@ impl System {
     }
 
     /// An admin client of the leader (standbys answer UNAVAILABLE).
-    pub async fn admin(&self) -> Result<AdminServiceClient<tonic::transport::Channel>> {
-        let mut last = String::from("no coordinator");
-        for port in &self.config.coordinator_ports {
-            let url = format!("http://127.0.0.1:{port}");
-            let Ok(mut client) = AdminServiceClient::connect(url.clone()).await else {
-                last = format!("{url} unreachable");
-                continue;
-            };
-            match client.get_bucket_map(v1::GetBucketMapRequest {}).await {
-                Ok(_) => return Ok(client),
-                Err(status) => last = format!("{url}: {}", status.message()),
-            }
-        }
-        bail!("no coordinator leads: {last}")
+    /// Calls carry the admin kubeconfig's token (cluster-admin).
+    pub async fn admin(&self) -> Result<AdminClient> {
+        let urls = self
+            .config
+            .coordinator_ports
+            .iter()
+            .map(|port| format!("http://127.0.0.1:{port}"));
+        Ok(proto::client::leader(urls, &self.credentials().await?, |e| e).await?)
+    }
+
+    /// The admin kubeconfig's credentials, for the coordinators' admin API.
+    pub async fn credentials(&self) -> Result<Credentials> {
+        let config =
+            devcluster::cluster::config_from_kubeconfig(&self.endpoints().kubeconfig).await?;
+        Ok(Credentials::from_kube_config(&config)?)
     }
 
     /// The bucket map as the leader sees it.

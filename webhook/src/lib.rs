@@ -16,13 +16,11 @@
 //! kernel only hands connections to bound sockets). SIGTERM/SIGINT stop accepting, finish
 //! in-flight reviews and return.
 
-pub mod certs;
 pub mod config;
 pub mod metrics;
 pub mod registration;
 pub mod review;
 pub mod server;
-pub mod tls;
 
 use std::sync::Arc;
 
@@ -31,11 +29,12 @@ use telemetry::{AdminServer, AdminState, Readiness, Registry, TelemetryGuard};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use certs::{self, tls};
 pub use config::Args;
 
-use crate::certs::{CertSource, FileSource, SecretSource};
 use crate::metrics::Metrics;
 use crate::review::Reviewer;
+use certs::{CertSource, FileSource, SecretSource};
 pub use runtime::policies::PolicyCache;
 
 const READY_POLICIES: &str = "policy-cache";

@@ -29,8 +29,8 @@ use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::certs::ServingCert;
 use crate::review::Operation;
+use certs::ServingCert;
 
 /// Field manager of the webhook's writes to its configurations.
 pub const FIELD_MANAGER: &str = "kubetemplater-webhook";

@@ -21,7 +21,8 @@ use super::{Backoff, CertError, SecretSource, ServingCert, publish};
 
 /// Label marking a Secret as ours: only such Secrets are written.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-/// Value of [`MANAGED_BY_LABEL`].
+/// Value of [`MANAGED_BY_LABEL`] on the webhook's Secret (the default of
+/// [`SecretSource::manager`]).
 pub const MANAGED_BY: &str = "kubetemplater-webhook";
 /// Annotation recording when and why the Secret's certificates last changed.
 pub const CHANGE_ANNOTATION: &str = "kubetemplater.io/certificate-change";
@@ -45,13 +46,13 @@ fn origin(src: &SecretSource, key: &str) -> String {
     format!("Secret {} key {key}", secret_ref(src))
 }
 
-fn is_managed(secret: &Secret) -> bool {
+fn is_managed(secret: &Secret, src: &SecretSource) -> bool {
     secret
         .metadata
         .labels
         .as_ref()
         .and_then(|l| l.get(MANAGED_BY_LABEL))
-        .is_some_and(|v| v == MANAGED_BY)
+        .is_some_and(|v| *v == src.manager)
 }
 
 /// The text under `key`, or why there is none.
@@ -157,7 +158,12 @@ fn decode_leaf(secret: &Secret, src: &SecretSource) -> Result<Leaf, String> {
 
 /// Writes `m` into `secret` (keeping data keys that are not ours), with our label and the
 /// change annotation.
-fn encode(secret: &mut Secret, m: &Material, change: String) -> Result<(), CertError> {
+fn encode(
+    secret: &mut Secret,
+    src: &SecretSource,
+    m: &Material,
+    change: String,
+) -> Result<(), CertError> {
     let (signing, leaf) = match (&m.signing, &m.leaf) {
         (Some(s), Some(l)) => (s, l),
         _ => {
@@ -170,7 +176,7 @@ fn encode(secret: &mut Secret, m: &Material, change: String) -> Result<(), CertE
         .metadata
         .labels
         .get_or_insert_with(BTreeMap::new)
-        .insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
+        .insert(MANAGED_BY_LABEL.to_owned(), src.manager.clone());
     secret
         .metadata
         .annotations
@@ -261,7 +267,7 @@ pub(crate) async fn ensure(
                 type_: Some(SECRET_TYPE.to_owned()),
                 ..Secret::default()
             };
-            encode(&mut secret, &m, change_note(now, &steps))?;
+            encode(&mut secret, src, &m, change_note(now, &steps))?;
             match api.create(&PostParams::default(), &secret).await {
                 Ok(_) => {
                     let cert = serving(&m, src)?;
@@ -288,7 +294,7 @@ pub(crate) async fn ensure(
             }
         };
 
-        let managed = is_managed(&current);
+        let managed = is_managed(&current, src);
         let decoded = decode(&current, src);
         if !managed {
             return use_unmanaged(src, policy, decoded, now);
@@ -301,7 +307,7 @@ pub(crate) async fn ensure(
             });
         }
         let mut updated = current;
-        encode(&mut updated, &m, change_note(now, &steps))?;
+        encode(&mut updated, src, &m, change_note(now, &steps))?;
         match api.replace(name, &PostParams::default(), &updated).await {
             Ok(_) => {
                 let cert = serving(&m, src)?;
@@ -360,6 +366,7 @@ fn use_unmanaged(
     let not_managed = |problem: String| CertError::SecretNotManaged {
         namespace: src.namespace.clone(),
         name: src.secret_name.clone(),
+        manager: src.manager.clone(),
         problem,
     };
     let usable = match &m.leaf {
@@ -381,7 +388,8 @@ fn use_unmanaged(
         tracing::warn!(
             secret = %secret_ref(src),
             needed = %step.describe(),
-            "the Secret is not managed by the webhook (label {MANAGED_BY_LABEL}={MANAGED_BY} missing): \
+            manager = %src.manager,
+            "the Secret is not ours (label {MANAGED_BY_LABEL}=<manager> missing): \
              serving it as it is, without rotating it"
         );
     }
@@ -562,7 +570,7 @@ mod tests {
         let policy = src.policy().unwrap();
         let (m, steps) = rotation::converge(Material::default(), &policy, now).unwrap();
         let mut secret = Secret::default();
-        encode(&mut secret, &m, change_note(now, &steps)).unwrap();
+        encode(&mut secret, src, &m, change_note(now, &steps)).unwrap();
         (secret, m)
     }
 
@@ -572,7 +580,7 @@ mod tests {
         let policy = src.policy().unwrap();
         let now = Timestamp::now();
         let (secret, m) = stored(&src, now);
-        assert!(is_managed(&secret));
+        assert!(is_managed(&secret, &src));
         let data = secret.data.as_ref().unwrap();
         let keys: Vec<&str> = data.keys().map(String::as_str).collect();
         assert_eq!(keys, vec!["ca.crt", "ca.key", "tls.crt", "tls.key"]);
@@ -597,7 +605,7 @@ mod tests {
         let (rotating, steps) = rotation::converge(m, &policy, late).unwrap();
         assert!(matches!(steps[0], Step::StartCaRotation(_)), "{steps:?}");
         let mut secret = Secret::default();
-        encode(&mut secret, &rotating, change_note(late, &steps)).unwrap();
+        encode(&mut secret, &src, &rotating, change_note(late, &steps)).unwrap();
         assert!(secret.data.as_ref().unwrap().contains_key(CA_NEXT_KEY));
         let back = decode(&secret, &src);
         assert_eq!(
@@ -611,7 +619,7 @@ mod tests {
             rotation::converge(back, &policy, late + SignedDuration::from_hours(24 * 16))
                 .unwrap()
                 .0;
-        encode(&mut secret, &promoted, String::new()).unwrap();
+        encode(&mut secret, &src, &promoted, String::new()).unwrap();
         assert!(!secret.data.as_ref().unwrap().contains_key(CA_NEXT_KEY));
     }
 

@@ -178,7 +178,7 @@ mod tests {
     use secrecy::ExposeSecret;
 
     use super::*;
-    use crate::certs::CertSource;
+    use crate::CertSource;
 
     fn generated() -> ServingCert {
         ServingCert::generate(
@@ -215,7 +215,7 @@ mod tests {
 
         let other = generated();
         std::fs::write(dir.path().join("ca.crt"), &other.ca_pem).unwrap();
-        let cert = crate::certs::load(&CertSource::Files(source(dir.path(), true)))
+        let cert = crate::load(&CertSource::Files(source(dir.path(), true)))
             .await
             .map(|c| c.ca_pem);
         assert_eq!(cert.unwrap(), other.ca_pem);

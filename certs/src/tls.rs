@@ -1,7 +1,7 @@
 //! Reloadable rustls server configuration.
 //!
 //! [`ReloadingResolver`] hands rustls whatever [`ServingCert`] was last sent on the certificate
-//! watch channel ([`crate::certs::maintain`] is the sender), so a rotated or re-provided
+//! watch channel ([`crate::maintain`] is the sender), so a rotated or re-provided
 //! certificate is used from the next TLS handshake on, without restarting the listener.
 //! Connections already established keep the certificate they were opened with.
 //!
@@ -20,7 +20,7 @@ use rustls::sign::CertifiedKey;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
 
-use crate::certs::{CertError, ServingCert};
+use crate::{CertError, ServingCert};
 
 /// ALPN protocols the webhook offers, in order of preference.
 pub const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];

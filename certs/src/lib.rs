@@ -62,6 +62,7 @@ mod authority;
 mod files;
 mod rotation;
 mod secret;
+pub mod tls;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -221,6 +222,9 @@ pub struct SecretSource {
     pub namespace: String,
     /// Name of the Secret.
     pub secret_name: String,
+    /// Value of the label `app.kubernetes.io/managed-by` that marks the Secret as ours to write
+    /// ([`MANAGED_BY`], the webhook's, by default).
+    pub manager: String,
     /// DNS names the serving certificate carries (e.g. the Service's names).
     pub dns_names: Vec<String>,
     /// IP addresses the serving certificate carries (e.g. 127.0.0.1 locally).
@@ -245,6 +249,7 @@ impl SecretSource {
             client,
             namespace: namespace.to_owned(),
             secret_name: secret_name.to_owned(),
+            manager: MANAGED_BY.to_owned(),
             dns_names: Vec::new(),
             ip_addresses: Vec::new(),
             leaf_validity: DEFAULT_LEAF_VALIDITY,
@@ -306,6 +311,7 @@ impl std::fmt::Debug for SecretSource {
         f.debug_struct("SecretSource")
             .field("namespace", &self.namespace)
             .field("secret_name", &self.secret_name)
+            .field("manager", &self.manager)
             .field("dns_names", &self.dns_names)
             .field("ip_addresses", &self.ip_addresses)
             .field("leaf_validity", &self.leaf_validity)
@@ -355,15 +361,17 @@ pub enum CertError {
     },
     /// The Secret lacks our label, so we do not write it, and it is unusable as it is.
     #[error(
-        "Secret {namespace}/{name} is not labelled {MANAGED_BY_LABEL}={MANAGED_BY}, so the webhook \
+        "Secret {namespace}/{name} is not labelled {MANAGED_BY_LABEL}={manager}, so {manager} \
          does not change it, and it cannot be used as it is: {problem} (fix its contents, or \
-         delete it or add the label to let the webhook manage it)"
+         delete it or add the label to let {manager} manage it)"
     )]
     SecretNotManaged {
         /// Namespace of the Secret.
         namespace: String,
         /// Name of the Secret.
         name: String,
+        /// The label value that would make it ours.
+        manager: String,
         /// What is wrong with it.
         problem: String,
     },
@@ -646,6 +654,7 @@ mod tests {
             CertError::SecretNotManaged {
                 namespace: "n".into(),
                 name: "s".into(),
+                manager: "kubetemplater-webhook".into(),
                 problem: "p".into(),
             },
             CertError::Contended {

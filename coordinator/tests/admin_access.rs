@@ -1,0 +1,246 @@
+//! The admin API against a real API server: cluster RBAC decides who may inspect and who may
+//! move shards. A ServiceAccount's token (TokenRequest) is refused until a Role grants `get`, then
+//! `update`, on `shards.kubetemplater.io`; each refusal names the missing permission.
+#![allow(clippy::unwrap_used, reason = "test fixtures")]
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coordinator::access::Access;
+use coordinator::admin::Admin;
+use coordinator::core::Snapshot;
+use coordinator::counts::BucketCounts;
+use coordinator::sessions::Leadership;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::Api;
+use kube::api::{ObjectMeta, PostParams};
+use proto::client::{AdminClient, Credentials, admin_client};
+use proto::v1::admin_service_server::AdminServiceServer;
+use proto::v1::{DrainWorkerRequest, GetBucketMapRequest, RebalanceRequest};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Code;
+
+const B: u32 = 8;
+
+/// An admin service for `namespace`, authorizing with `client`; its address.
+async fn serve(client: kube::Client, namespace: &str) -> String {
+    let (_snapshot_tx, snapshot) = watch::channel(Snapshot::default());
+    let (leadership_tx, leadership) = watch::channel(Some(Leadership {
+        id: "coordinator-0".into(),
+        epoch: 1,
+    }));
+    // Drain and rebalance are queued for a leader loop this test does not run.
+    let (events, mut events_rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let _keep = (leadership_tx, _snapshot_tx);
+        while events_rx.recv().await.is_some() {}
+    });
+    let buckets = NonZeroU32::new(B).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AdminServiceServer::new(Admin::new(
+                snapshot,
+                leadership,
+                BucketCounts::new(buckets),
+                events,
+                buckets,
+                Arc::new(Access::new(client, namespace)),
+            )))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    format!("http://{addr}")
+}
+
+async fn connect(url: &str, credentials: &Credentials) -> AdminClient {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).unwrap();
+    admin_client(endpoint, credentials).await.unwrap()
+}
+
+/// A token of a new ServiceAccount `name` in `namespace`.
+async fn service_account_token(client: &kube::Client, namespace: &str, name: &str) -> String {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    accounts
+        .create(
+            &PostParams::default(),
+            &ServiceAccount {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let answer: TokenRequest = accounts
+        .create_subresource("token", name, &PostParams::default(), &request)
+        .await
+        .unwrap();
+    answer.status.unwrap().token.unwrap()
+}
+
+/// Grants `verbs` on shards.kubetemplater.io in `namespace` to the ServiceAccount `name`.
+async fn grant(client: &kube::Client, namespace: &str, name: &str, verbs: &[&str]) {
+    let role_name = format!("{name}-{}", verbs.join("-"));
+    Api::<Role>::namespaced(client.clone(), namespace)
+        .create(
+            &PostParams::default(),
+            &Role {
+                metadata: ObjectMeta {
+                    name: Some(role_name.clone()),
+                    ..Default::default()
+                },
+                rules: Some(vec![PolicyRule {
+                    api_groups: Some(vec!["kubetemplater.io".into()]),
+                    resources: Some(vec!["shards".into()]),
+                    verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+                    ..Default::default()
+                }]),
+            },
+        )
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), namespace)
+        .create(
+            &PostParams::default(),
+            &RoleBinding {
+                metadata: ObjectMeta {
+                    name: Some(role_name.clone()),
+                    ..Default::default()
+                },
+                role_ref: RoleRef {
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    kind: "Role".into(),
+                    name: role_name,
+                },
+                subjects: Some(vec![Subject {
+                    kind: "ServiceAccount".into(),
+                    name: name.into(),
+                    namespace: Some(namespace.into()),
+                    ..Default::default()
+                }]),
+            },
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn cluster_rbac_decides_who_may_inspect_and_who_may_move_shards() {
+    let target = devcluster::testing::target().await.unwrap();
+    let client = target.client().await.unwrap();
+    let ns = target.namespace("admin-access").await.unwrap();
+    let url = serve(client.clone(), &ns).await;
+
+    // No token, and a token the API server does not know.
+    let err = connect(&url, &Credentials::none())
+        .await
+        .get_bucket_map(GetBucketMapRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(
+        err.message().contains("needs a Kubernetes bearer token"),
+        "{err:?}"
+    );
+    let err = connect(&url, &Credentials::token("not-a-token").unwrap())
+        .await
+        .get_bucket_map(GetBucketMapRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("did not accept"), "{err:?}");
+
+    // A valid token without permission: the refusal names user, permission and call.
+    let token = service_account_token(&client, &ns, "operator").await;
+    let user = format!("system:serviceaccount:{ns}:operator");
+    let mut admin = connect(&url, &Credentials::token(token).unwrap()).await;
+    let err = admin
+        .get_bucket_map(GetBucketMapRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().starts_with(&format!(
+            "user {user:?} lacks permission `get shards.kubetemplater.io in namespace {ns:?}`, which GetBucketMap needs"
+        )),
+        "{err:?}"
+    );
+
+    // `get` lets it inspect (a dry-run rebalance too), not drain or rebalance.
+    grant(&client, &ns, "operator", &["get"]).await;
+    let read = eventually(|| {
+        let mut admin = admin.clone();
+        async move { admin.get_bucket_map(GetBucketMapRequest {}).await }
+    })
+    .await;
+    assert_eq!(read.into_inner().bucket_count, B);
+    admin
+        .rebalance(RebalanceRequest { dry_run: true })
+        .await
+        .unwrap();
+    let err = admin
+        .drain_worker(DrainWorkerRequest {
+            worker_id: "worker-0".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains(&format!(
+            "lacks permission `update shards.kubetemplater.io in namespace {ns:?}`, which DrainWorker needs"
+        )),
+        "{err:?}"
+    );
+    let err = admin
+        .rebalance(RebalanceRequest { dry_run: false })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("which Rebalance needs"), "{err:?}");
+
+    // `update` lets it move shards.
+    grant(&client, &ns, "operator", &["update"]).await;
+    eventually(|| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .drain_worker(DrainWorkerRequest {
+                    worker_id: "worker-0".into(),
+                })
+                .await
+        }
+    })
+    .await;
+}
+
+/// Retries `call` until it succeeds: a decision is cached for up to `DECISION_TTL` (10 s).
+async fn eventually<T, F, Fut>(call: F) -> tonic::Response<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match call().await {
+            Ok(response) => return response,
+            Err(status) if tokio::time::Instant::now() < deadline => {
+                assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(status) => panic!("still refused after 30 s: {status:?}"),
+        }
+    }
+}
