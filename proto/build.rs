@@ -8,6 +8,7 @@ use std::{env, error::Error, fs, path::PathBuf};
 const PROTOS: &[&str] = &[
     "kubetemplater/v1/worker.proto",
     "kubetemplater/v1/admin.proto",
+    "kubetemplater/v1/identity.proto",
 ];
 
 /// Name of the encoded descriptor set in `OUT_DIR` (included by `proto::FILE_DESCRIPTOR_SET`).

@@ -140,7 +140,7 @@ pub(crate) fn key_spki(key_pem: &SecretString) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("not a usable PEM private key: {e}"))
 }
 
-fn offset(ts: Timestamp) -> Result<time::OffsetDateTime, CertError> {
+pub(crate) fn offset(ts: Timestamp) -> Result<time::OffsetDateTime, CertError> {
     time::OffsetDateTime::from_unix_timestamp(ts.as_second())
         .map_err(|e| CertError::Config(format!("certificate date {ts} out of range: {e}")))
 }
@@ -167,10 +167,7 @@ pub(crate) fn generate_ca(now: Timestamp, validity: SignedDuration) -> Result<Ca
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(
         DnType::CommonName,
-        format!(
-            "kubetemplater-webhook CA {}",
-            now.strftime("%Y-%m-%dT%H:%M:%SZ")
-        ),
+        format!("kubetemplater CA {}", now.strftime("%Y-%m-%dT%H:%M:%SZ")),
     );
     params
         .distinguished_name

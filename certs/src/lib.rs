@@ -59,6 +59,7 @@
 //! certificate stays in use. Without `ca.crt` the CA bundle is the last certificate of the chain.
 
 mod authority;
+pub mod client;
 mod files;
 mod rotation;
 mod secret;
@@ -103,6 +104,7 @@ pub struct ServingCert {
     /// SHA-256 of the serving certificate's DER, lowercase hex (for logs and metrics).
     pub fingerprint: String,
     certified: Arc<CertifiedKey>,
+    signer: Option<client::Signer>,
 }
 
 impl ServingCert {
@@ -136,7 +138,19 @@ impl ServingCert {
             not_after: info.not_after,
             fingerprint,
             certified,
+            signer: None,
         })
+    }
+
+    /// The signing CA, when this replica holds its key (self-managed in a Secret, or
+    /// [`ServingCert::generate`]): it signs client certificates.
+    pub fn signer(&self) -> Option<&client::Signer> {
+        self.signer.as_ref()
+    }
+
+    pub(crate) fn with_signer(mut self, signer: Option<client::Signer>) -> Self {
+        self.signer = signer;
+        self
     }
 
     /// A certificate from PEM text (the chain leaf first); fails when the key does not match.
@@ -165,13 +179,14 @@ impl ServingCert {
         let now = Timestamp::now();
         let ca = authority::generate_ca(now, validity)?;
         let leaf = authority::issue_leaf(&ca, dns_names, ip_addresses, now, validity)?;
-        Self::from_parts(
+        Ok(Self::from_parts(
             ca.cert.pem(),
             leaf.chain_pem,
             leaf.key_pem,
             "the generated certificate",
             "the generated key",
-        )
+        )?
+        .with_signer(Some(client::Signer::new(ca))))
     }
 
     /// The private key (PEM) of the serving certificate.
@@ -187,6 +202,7 @@ impl ServingCert {
     /// Whether `other` is the same serving certificate with the same CA bundle (nothing to
     /// send to the followers of the channel).
     pub fn same_as(&self, other: &ServingCert) -> bool {
+        // The signing CA is in the bundle: a new signer changes `ca_pem` too.
         self.fingerprint == other.fingerprint && self.ca_pem == other.ca_pem
     }
 }
@@ -463,6 +479,22 @@ pub async fn load(source: &CertSource) -> Result<ServingCert, CertError> {
                 .map(|ensured| ensured.cert)
         }
         CertSource::Files(src) => files::load(src).await,
+    }
+}
+
+/// [`load`], retried (1 s doubling to 30 s, each failure logged) while the API server or the
+/// files are not there yet.
+pub async fn load_with_retry(source: &CertSource) -> ServingCert {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match load(source).await {
+            Ok(cert) => return cert,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "loading the serving certificate failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 }
 

@@ -205,13 +205,14 @@ fn serving(m: &Material, src: &SecretSource) -> Result<ServingCert, CertError> {
         .leaf
         .as_ref()
         .ok_or_else(|| CertError::Internal("no serving certificate to serve".to_owned()))?;
-    ServingCert::from_parts(
+    Ok(ServingCert::from_parts(
         m.bundle_pem(),
         leaf.chain_pem.clone(),
         leaf.key_pem.clone(),
         &origin(src, TLS_CRT),
         &origin(src, TLS_KEY),
-    )
+    )?
+    .with_signer(m.signing.clone().map(crate::client::Signer::new)))
 }
 
 /// The certificate to serve and when to look again.

@@ -12,10 +12,12 @@
 use std::sync::Arc;
 
 use rustls::ServerConfig;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
@@ -73,6 +75,128 @@ pub fn server_config(resolver: Arc<ReloadingResolver>) -> Result<Arc<ServerConfi
     Ok(Arc::new(config))
 }
 
+/// A verifier and the certificate whose bundle it was built from.
+type BuiltVerifier = (Arc<ServingCert>, Arc<dyn ClientCertVerifier>);
+
+/// A rustls client-certificate verifier trusting the CA bundle of the latest [`ServingCert`]
+/// on a watch channel: a rotated CA is trusted from the next handshake on, without a restart.
+///
+/// Clients may connect without a certificate (`allow_unauthenticated`): the server decides per
+/// call whether one is needed (the coordinator's WorkerService needs it, its AdminService
+/// takes a token instead). A certificate that is presented must chain to the bundle and carry
+/// `clientAuth`; otherwise the handshake fails.
+pub struct ReloadingClientVerifier {
+    certs: watch::Receiver<Arc<ServingCert>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: std::sync::Mutex<Option<BuiltVerifier>>,
+}
+
+impl std::fmt::Debug for ReloadingClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingClientVerifier")
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadingClientVerifier {
+    /// Follows the CA bundle of `certs`.
+    pub fn new(certs: watch::Receiver<Arc<ServingCert>>) -> Self {
+        Self {
+            certs,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            current: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The verifier for the current bundle, built once per bundle.
+    fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        let cert = Arc::clone(&self.certs.borrow());
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, verifier)) = current.as_ref()
+            && (Arc::ptr_eq(seen, &cert) || seen.ca_pem == cert.ca_pem)
+        {
+            return Ok(Arc::clone(verifier));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        let chain = parse_chain(&cert.ca_pem, "the CA bundle")
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        for ca in chain {
+            roots.add(ca)?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&self.provider),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| rustls::Error::General(format!("client verifier: {e}")))?;
+        *current = Some((cert, Arc::clone(&verifier)));
+        Ok(verifier)
+    }
+}
+
+impl ClientCertVerifier for ReloadingClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // Hints are optional; clients hold one certificate each.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.verifier()?
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A rustls server configuration for gRPC with optional client certificates: the serving
+/// certificate from `resolver`, client certificates checked against the CA bundle of `certs`
+/// ([`ReloadingClientVerifier`]), ring, TLS 1.2 and 1.3, ALPN `h2` only.
+pub fn mtls_server_config(
+    resolver: Arc<ReloadingResolver>,
+    certs: watch::Receiver<Arc<ServingCert>>,
+) -> Result<Arc<ServerConfig>, CertError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(CertError::Tls)?
+        .with_client_cert_verifier(Arc::new(ReloadingClientVerifier::new(certs)))
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Parses a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or SEC1)
 /// into a rustls [`CertifiedKey`], checking that the key belongs to the leaf.
 ///
@@ -112,10 +236,7 @@ pub(crate) fn certified_key(
 }
 
 /// Every certificate of a PEM text, in order; an error when there is none or a block is broken.
-pub(crate) fn parse_chain(
-    pem: &str,
-    origin: &str,
-) -> Result<Vec<CertificateDer<'static>>, CertError> {
+pub fn parse_chain(pem: &str, origin: &str) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CertError::Parse {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
-use proto::client::{Credentials, admin_client};
+use proto::client::{Credentials, Tls, admin_client};
 use proto::v1::{self, BucketState, WorkerState};
 
 use crate::{EXIT_BAD_INPUT, EXIT_OK};
@@ -18,7 +18,7 @@ pub struct Connection {
     #[arg(
         long,
         env = "KT_COORDINATOR",
-        default_value = "http://127.0.0.1:9444,http://127.0.0.1:9445",
+        default_value = "https://127.0.0.1:9444,https://127.0.0.1:9445",
         value_delimiter = ',',
         global = true
     )]
@@ -27,6 +27,20 @@ pub struct Connection {
     /// cluster of `tenants`, and the credentials sent to the admin API.
     #[arg(long, global = true)]
     pub kubeconfig: Option<PathBuf>,
+    /// The coordinators' namespace: where their CA bundle is published (ConfigMap
+    /// kubetemplater-coordinator-ca), and the name their certificates carry
+    /// (kubetemplater-coordinator.<namespace>.svc).
+    #[arg(
+        long,
+        env = "KT_NAMESPACE",
+        default_value = "kubetemplater-system",
+        global = true
+    )]
+    pub coordinator_namespace: String,
+    /// The coordinators' CA bundle (PEM) instead of the ConfigMap, e.g. with --token and no
+    /// kubeconfig.
+    #[arg(long, env = "KT_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// A Kubernetes bearer token for the admin API. Without it, the current kubeconfig's
     /// credentials are sent (token, token file or exec plugin). The coordinator checks the token
     /// (TokenReview) and the caller's RBAC: `get shards.kubetemplater.io` to inspect,
@@ -87,6 +101,23 @@ impl Connection {
             .await
             .map_err(|e| format!("the admin API needs credentials: {e}; or pass --token"))?;
         Credentials::from_kube_config(&config).map_err(|e| e.to_string())
+    }
+
+    /// Whom to trust: `--ca-file`, else the bundle the coordinators publish in the cluster.
+    pub async fn tls(&self) -> Result<Tls, String> {
+        if let Some(path) = &self.ca_file {
+            let bundle = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading --ca-file {}: {e}", path.display()))?;
+            return Ok(Tls::new(bundle, &self.coordinator_namespace));
+        }
+        let config = self.kube_config().await.map_err(|e| {
+            format!("the coordinators' CA bundle is read from the cluster: {e}; or pass --ca-file")
+        })?;
+        let client = kube::Client::try_from(config)
+            .map_err(|e| format!("creating the Kubernetes client: {e}"))?;
+        Tls::from_cluster(&client, &self.coordinator_namespace)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The client configuration of `--kubeconfig`, or from the usual places.
@@ -246,6 +277,7 @@ async fn call_leader(
     out: &mut dyn Write,
 ) -> Result<(), String> {
     let credentials = connection.credentials().await?;
+    let tls = connection.tls().await?;
     let mut tried = Vec::new();
     for address in connection
         .coordinator
@@ -255,6 +287,7 @@ async fn call_leader(
         match call(
             address.trim(),
             &credentials,
+            &tls,
             connection.format,
             command,
             out,
@@ -280,6 +313,7 @@ async fn call_leader(
 /// a command that only decorates its output with owners does not hang on a filtered address.
 pub async fn bucket_map(connection: &Connection) -> Result<v1::GetBucketMapResponse, String> {
     let credentials = connection.credentials().await?;
+    let tls = connection.tls().await?;
     let mut tried = Vec::new();
     for address in connection
         .coordinator
@@ -287,7 +321,7 @@ pub async fn bucket_map(connection: &Connection) -> Result<v1::GetBucketMapRespo
         .map(|a| a.trim())
         .filter(|a| !a.is_empty())
     {
-        let endpoint = match tonic::transport::Endpoint::from_shared(address.to_owned()) {
+        let endpoint = match tls.endpoint(address) {
             Ok(e) => e
                 .connect_timeout(std::time::Duration::from_secs(3))
                 .timeout(std::time::Duration::from_secs(10)),
@@ -324,11 +358,13 @@ pub async fn bucket_map(connection: &Connection) -> Result<v1::GetBucketMapRespo
 async fn call(
     address: &str,
     credentials: &Credentials,
+    tls: &Tls,
     format: Format,
     command: &AdminCommand,
     out: &mut dyn Write,
 ) -> Result<(), CallError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
+    let endpoint = tls
+        .endpoint(address)
         .map_err(|e| CallError::Final(format!("coordinator address {address:?}: {e}")))?;
     let mut client = admin_client(endpoint, credentials)
         .await

@@ -2,9 +2,11 @@
 #![allow(clippy::unwrap_used, reason = "test fixtures")]
 
 use clap::Parser as _;
-use proto::v1::admin_service_server::{AdminService, AdminServiceServer};
+mod common;
+
+use common::TlsServer;
+use proto::v1::admin_service_server::AdminService;
 use proto::v1::{self, BucketState, WorkerState};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 struct Canned;
@@ -127,12 +129,21 @@ impl AdminService for Canned {
     }
 }
 
-fn ktctl(url: &str, args: &[&str]) -> (u8, String, String) {
-    ktctl_as("ops-token", url, args)
+fn ktctl(server: &TlsServer, url: &str, args: &[&str]) -> (u8, String, String) {
+    ktctl_as(server, "ops-token", url, args)
 }
 
-fn ktctl_as(token: &str, url: &str, args: &[&str]) -> (u8, String, String) {
-    let mut argv = vec!["ktctl", "--coordinator", url, "--token", token];
+fn ktctl_as(server: &TlsServer, token: &str, url: &str, args: &[&str]) -> (u8, String, String) {
+    let ca = server.ca_path();
+    let mut argv = vec![
+        "ktctl",
+        "--coordinator",
+        url,
+        "--token",
+        token,
+        "--ca-file",
+        &ca,
+    ];
     argv.extend_from_slice(args);
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = ktctl::run(ktctl::Args::parse_from(argv), &mut out, &mut err);
@@ -151,18 +162,10 @@ fn ktctl_as(token: &str, url: &str, args: &[&str]) -> (u8, String, String) {
 #[test]
 fn admin_commands_print_for_people() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    runtime.spawn(
-        tonic::transport::Server::builder()
-            .add_service(AdminServiceServer::new(Canned))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    let url = url.as_str();
+    let server = common::serve(&runtime, Canned);
+    let url = server.url.as_str();
 
-    let (code, out, _) = ktctl(url, &["buckets"]);
+    let (code, out, _) = ktctl(&server, url, &["buckets"]);
     assert_eq!(code, 0);
     assert!(
         out.starts_with("6 buckets, leader coordinator-1 (term 4)"),
@@ -175,20 +178,20 @@ fn admin_commands_print_for_people() {
     );
     assert!(out.contains("(unassigned)"), "{out}");
 
-    let (_, out, _) = ktctl(url, &["buckets", "--wide"]);
+    let (_, out, _) = ktctl(&server, url, &["buckets", "--wide"]);
     assert!(
         out.lines()
             .any(|l| l.starts_with("2 ") && l.contains("revoking")),
         "{out}"
     );
 
-    let (_, out, _) = ktctl(url, &["locate", "team-a"]);
+    let (_, out, _) = ktctl(&server, url, &["locate", "team-a"]);
     assert_eq!(
         out.trim(),
         "namespace team-a -> bucket 3 -> worker-1 (epoch 2, owned)"
     );
 
-    let (_, out, _) = ktctl(url, &["workers"]);
+    let (_, out, _) = ktctl(&server, url, &["workers"]);
     assert!(
         out.lines()
             .nth(1)
@@ -199,15 +202,16 @@ fn admin_commands_print_for_people() {
         "{out}"
     );
 
-    let (_, out, _) = ktctl(url, &["--format", "json", "locate", "team-a"]);
+    let (_, out, _) = ktctl(&server, url, &["--format", "json", "locate", "team-a"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["owner"], "worker-1");
 
-    let (_, out, _) = ktctl(url, &["drain", "worker-0"]);
+    let (_, out, _) = ktctl(&server, url, &["drain", "worker-0"]);
     assert_eq!(out.trim(), "draining worker-0: 3 bucket(s) moving: 0-2");
 
     // The coordinator's refusal is printed as it is, and no other address is tried.
     let (code, out, err) = ktctl_as(
+        &server,
         "viewer-token",
         &format!("{url},http://127.0.0.1:1"),
         &["drain", "worker-0"],
@@ -223,12 +227,14 @@ fn admin_commands_print_for_people() {
 
 #[test]
 fn an_unreachable_coordinator_is_named() {
-    let (code, _, err) = ktctl("http://127.0.0.1:1,http://127.0.0.1:2", &["buckets"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = common::serve(&runtime, Canned);
+    let (code, _, err) = ktctl(&server, "http://127.0.0.1:1,127.0.0.1:2", &["buckets"]);
     assert_eq!(code, 1);
     assert!(
         err.contains("no coordinator answered as leader")
             && err.contains("cannot reach http://127.0.0.1:1")
-            && err.contains("cannot reach http://127.0.0.1:2"),
+            && err.contains("cannot reach 127.0.0.1:2"),
         "{err}"
     );
 }

@@ -15,10 +15,11 @@
 use api::{Tenant, TenantRegistry};
 use clap::Parser as _;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use proto::v1::admin_service_server::{AdminService, AdminServiceServer};
+mod common;
+
+use proto::v1::admin_service_server::AdminService;
 use proto::v1::{self, BucketState};
 use serde_json::json;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 /// Buckets no real map has.
@@ -190,17 +191,18 @@ fn a_registrys_tenants_with_bucket_owner_and_readiness() {
         }
     });
 
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    runtime.spawn(
-        tonic::transport::Server::builder()
-            .add_service(AdminServiceServer::new(Canned))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    let server = common::serve(&runtime, Canned);
+    let url = server.url.clone();
+    let ca = server.ca_path();
     let kubeconfig = target.kubeconfig.to_string_lossy().into_owned();
-    let base = ["--kubeconfig", kubeconfig.as_str(), "-n", ns.as_str()];
+    let base = [
+        "--kubeconfig",
+        kubeconfig.as_str(),
+        "-n",
+        ns.as_str(),
+        "--ca-file",
+        ca.as_str(),
+    ];
 
     // People: sorted by uid then template, owners from the map, readiness from the status.
     let mut args = vec!["--coordinator", url.as_str(), "tenants", "reg"];

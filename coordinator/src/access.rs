@@ -138,13 +138,23 @@ impl Access {
         action: Action,
         call: &str,
     ) -> Result<Caller, Status> {
-        let token = bearer_token(request)?;
-        let caller = self.authenticate(token).await?;
+        let caller = self.caller(request).await?;
         let key = (caller.username.clone(), action);
         let decision = match self.decisions.get(&key) {
             Some(decision) => decision,
             None => {
-                let decision = self.review_access(&caller, action).await?;
+                let decision = self
+                    .review(
+                        &caller,
+                        ResourceAttributes {
+                            group: Some(GROUP.to_owned()),
+                            resource: Some(RESOURCE.to_owned()),
+                            verb: Some(action.verb().to_owned()),
+                            namespace: Some(self.namespace.clone()),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
                 self.decisions.insert(key, decision.clone());
                 decision
             }
@@ -161,6 +171,46 @@ impl Access {
                 &decision.reason,
             )))
         }
+    }
+
+    /// Who sent `request`: its bearer token, checked with TokenReview (cached).
+    pub async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let token = bearer_token(request)?;
+        self.authenticate(token).await
+    }
+
+    /// Whether `caller` may update the Lease `name` in the coordinator's namespace: the test of
+    /// a worker's identity before its certificate is signed. `Ok(None)` when allowed, else
+    /// the refusal (naming the permission).
+    pub async fn may_hold_lease(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<Option<String>, Status> {
+        let decision = self
+            .review(
+                caller,
+                ResourceAttributes {
+                    group: Some("coordination.k8s.io".to_owned()),
+                    resource: Some("leases".to_owned()),
+                    verb: Some("update".to_owned()),
+                    name: Some(name.to_owned()),
+                    namespace: Some(self.namespace.clone()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok((!decision.allowed).then(|| {
+            denied_message(
+                &caller.username,
+                &format!(
+                    "update leases.coordination.k8s.io {name:?} in namespace {:?}",
+                    self.namespace
+                ),
+                "Certify",
+                &decision.reason,
+            )
+        }))
     }
 
     async fn authenticate(&self, token: &str) -> Result<Caller, Status> {
@@ -188,20 +238,18 @@ impl Access {
         outcome.map_err(Status::unauthenticated)
     }
 
-    async fn review_access(&self, caller: &Caller, action: Action) -> Result<Decision, Status> {
+    async fn review(
+        &self,
+        caller: &Caller,
+        attributes: ResourceAttributes,
+    ) -> Result<Decision, Status> {
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(caller.username.clone()),
                 groups: Some(caller.groups.clone()),
                 uid: caller.uid.clone(),
                 extra: (!caller.extra.is_empty()).then(|| caller.extra.clone()),
-                resource_attributes: Some(ResourceAttributes {
-                    group: Some(GROUP.to_owned()),
-                    resource: Some(RESOURCE.to_owned()),
-                    verb: Some(action.verb().to_owned()),
-                    namespace: Some(self.namespace.clone()),
-                    ..Default::default()
-                }),
+                resource_attributes: Some(attributes),
                 ..Default::default()
             },
             ..Default::default()

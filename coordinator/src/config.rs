@@ -1,6 +1,7 @@
 //! Command line and environment of the coordinator (clap). Every flag has an `env` twin.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use telemetry::{AdminArgs, TelemetryArgs, parse_duration};
@@ -66,10 +67,83 @@ pub struct Args {
     pub tenant_write_concurrency: u16,
 
     #[command(flatten)]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
     pub admin: AdminArgs,
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+}
+
+/// TLS of the gRPC endpoint (always on) and the workers' certificates.
+///
+/// Self-managed by default: a CA and a serving certificate in the Secret `--tls-secret`, shared
+/// by the replicas and rotated before expiry without a restart; the CA also signs the workers'
+/// client certificates. With `--tls-cert-file`/`--tls-key-file` the serving certificate is
+/// supplied instead (cert-manager style, re-read when the files change) and the workers need
+/// supplied certificates too, from a CA in `--tls-ca-file`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// Secret holding the self-managed CA and serving certificate (in --namespace).
+    #[arg(
+        long = "tls-secret",
+        env = "KT_TLS_SECRET",
+        default_value = "kubetemplater-coordinator-tls"
+    )]
+    pub secret_name: String,
+
+    /// More names the serving certificate carries (DNS names or IP addresses, comma-separated),
+    /// e.g. the Service's. It always carries kubetemplater-coordinator[.<namespace>[.svc]]
+    /// (the name clients check), localhost and 127.0.0.1.
+    #[arg(long = "tls-names", env = "KT_TLS_NAMES", value_delimiter = ',')]
+    pub names: Vec<String>,
+
+    /// A supplied serving certificate (PEM chain, leaf first) instead of the Secret.
+    #[arg(long, env = "KT_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The supplied certificate's private key.
+    #[arg(long, env = "KT_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// With a supplied certificate: the CA bundle worker certificates must chain to (default:
+    /// the last certificate of the supplied chain).
+    #[arg(long, env = "KT_TLS_CA_FILE", requires = "tls_cert_file")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// Validity of the client certificates the coordinator signs for workers (they renew at
+    /// two thirds of it).
+    #[arg(long, env = "KT_WORKER_CERT_VALIDITY", default_value = "24h", value_parser = parse_duration)]
+    pub worker_cert_validity: Duration,
+}
+
+impl TlsArgs {
+    /// DNS names and IP addresses of the serving certificate, for the coordinators of
+    /// `namespace`.
+    pub fn subject_names(&self, namespace: &str) -> (Vec<String>, Vec<std::net::IpAddr>) {
+        let mut dns = vec![
+            "kubetemplater-coordinator".to_owned(),
+            format!("kubetemplater-coordinator.{namespace}"),
+            proto::client::server_name(namespace),
+            "localhost".to_owned(),
+        ];
+        let mut ips = vec![std::net::IpAddr::from([127, 0, 0, 1])];
+        for name in self
+            .names
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+        {
+            match name.parse::<std::net::IpAddr>() {
+                Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+                Ok(_) => {}
+                Err(_) if !dns.iter().any(|d| d == name) => dns.push(name.to_owned()),
+                Err(_) => {}
+            }
+        }
+        (dns, ips)
+    }
 }
 
 #[cfg(test)]
@@ -84,6 +158,38 @@ mod tests {
         assert_eq!(args.namespace, "kubetemplater-system");
         assert_eq!(args.buckets, 1024);
         assert!(args.renew_deadline < args.lease_duration);
+    }
+
+    #[test]
+    fn the_certificate_names_what_clients_check_and_what_is_configured() {
+        let args = Args::try_parse_from([
+            "kubetemplater-coordinator",
+            "--id",
+            "c-0",
+            "--tls-names",
+            "kt-coordinator.kt.svc,10.0.0.7,localhost",
+        ])
+        .unwrap();
+        let (dns, ips) = args.tls.subject_names("kt");
+        assert!(dns.contains(&"kubetemplater-coordinator.kt.svc".to_owned()));
+        assert!(dns.contains(&"kt-coordinator.kt.svc".to_owned()));
+        assert_eq!(dns.iter().filter(|d| *d == "localhost").count(), 1);
+        assert_eq!(ips.len(), 2);
+        assert_eq!(args.tls.worker_cert_validity, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn a_supplied_certificate_needs_its_key() {
+        let err = Args::try_parse_from([
+            "kubetemplater-coordinator",
+            "--id",
+            "c-0",
+            "--tls-cert-file",
+            "/tls/tls.crt",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--tls-key-file"), "{err}");
     }
 
     #[test]

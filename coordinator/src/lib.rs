@@ -11,6 +11,7 @@ pub mod config;
 pub mod core;
 pub mod counts;
 pub mod handoff;
+pub mod identity;
 pub mod members;
 pub mod metrics;
 pub mod plan;
@@ -18,6 +19,7 @@ pub mod ring;
 pub mod run;
 pub mod sessions;
 pub mod store;
+pub mod transport;
 
 pub use config::Args;
 pub use run::{RunError, run};

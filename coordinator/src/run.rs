@@ -15,7 +15,9 @@
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use certs::{CertSource, FileSource, SecretSource};
 use proto::v1::admin_service_server::AdminServiceServer;
+use proto::v1::identity_service_server::IdentityServiceServer;
 use proto::v1::worker_service_server::WorkerServiceServer;
 use runtime::lease::{
     self, LeaderElector, LeaderExit, LeaseConfig, LeaseError, WORKER_LEASE_SELECTOR,
@@ -30,11 +32,13 @@ use crate::admin::Admin;
 use crate::config::Args;
 use crate::core::{Core, Event, Snapshot};
 use crate::counts::{self, BucketCounts, Unlabelled};
+use crate::identity::{self, Identities};
 use crate::members;
 use crate::metrics::Metrics;
 use crate::plan::{BoundedLoadPlanner, Params};
 use crate::sessions::{Leadership, WorkerSessions};
 use crate::store::{MapStore, StoreError};
+use crate::transport;
 
 const READY_GRPC: &str = "grpc";
 const READY_COUNTS: &str = "template-counts";
@@ -148,6 +152,43 @@ pub async fn run(
         }
     });
 
+    // TLS: the serving certificate (and the CA that signs workers' certificates), kept current;
+    // its CA bundle published for clients.
+    let source = cert_source(&args, &client);
+    let first = tokio::select! {
+        () = shutdown.cancelled() => {
+            background.cancel();
+            while tasks.join_next().await.is_some() {}
+            return Ok(());
+        }
+        first = certs::load_with_retry(&source) => first,
+    };
+    tracing::info!(fingerprint = %first.fingerprint, not_after = %first.not_after, signs_workers = first.signer().is_some(), "serving certificate loaded");
+    let (cert_tx, cert_rx) = watch::channel(Arc::new(first));
+    tasks.spawn({
+        let cancel = background.clone();
+        async move {
+            if let Err(error) = certs::maintain(source, cert_tx, cancel).await {
+                tracing::error!(%error, "certificate maintenance stopped");
+            }
+        }
+    });
+    tasks.spawn(identity::publish_bundle(
+        client.clone(),
+        args.namespace.clone(),
+        cert_rx.clone(),
+        background.clone(),
+    ));
+    let tls_config = certs::tls::mtls_server_config(
+        Arc::new(certs::tls::ReloadingResolver::new(cert_rx.clone())),
+        cert_rx.clone(),
+    )
+    .map_err(|e| RunError::Serve {
+        what: "building the TLS configuration".to_owned(),
+        source: e.into(),
+    })?;
+    let access = Arc::new(Access::new(client.clone(), args.namespace.clone()));
+
     // gRPC, served by every replica; the leadership channel says whether to answer.
     let (events_tx, events_rx) = mpsc::channel::<Event>(4096);
     let (leadership_tx, leadership_rx) = watch::channel::<Option<Leadership>>(None);
@@ -158,7 +199,7 @@ pub async fn run(
             what: format!("binding the gRPC endpoint {}", args.grpc_addr),
             source: e.into(),
         })?;
-    tracing::info!(addr = %args.grpc_addr, id = %args.id, "serving WorkerService and AdminService");
+    tracing::info!(addr = %args.grpc_addr, id = %args.id, "serving WorkerService, AdminService and IdentityService over TLS");
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
@@ -173,10 +214,15 @@ pub async fn run(
             counts.clone(),
             events_tx.clone(),
             buckets,
-            Arc::new(Access::new(client.clone(), args.namespace.clone())),
+            Arc::clone(&access),
+        )))
+        .add_service(IdentityServiceServer::new(Identities::new(
+            access,
+            cert_rx,
+            args.tls.worker_cert_validity,
         )))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            transport::tls_incoming(listener, tls_config, background.clone()),
             background.clone().cancelled_owned(),
         );
     tasks.spawn(async move {
@@ -236,6 +282,27 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     tracing::info!("coordinator stopped");
     result
+}
+
+/// Where the serving certificate comes from: supplied files, else the self-managed Secret.
+fn cert_source(args: &Args, client: &kube::Client) -> CertSource {
+    match (&args.tls.tls_cert_file, &args.tls.tls_key_file) {
+        (Some(cert), Some(key)) => CertSource::Files(FileSource {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: args.tls.tls_ca_file.clone(),
+            poll_interval: std::time::Duration::from_secs(5),
+        }),
+        _ => {
+            let (dns_names, ip_addresses) = args.tls.subject_names(&args.namespace);
+            CertSource::Secret(SecretSource {
+                manager: "kubetemplater-coordinator".to_owned(),
+                dns_names,
+                ip_addresses,
+                ..SecretSource::defaults(client.clone(), &args.namespace, &args.tls.secret_name)
+            })
+        }
+    }
 }
 
 /// What one term as leader needs.

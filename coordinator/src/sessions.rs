@@ -4,6 +4,11 @@
 //! A replica that is not the leader answers `UNAVAILABLE` (the worker retries, and finds the
 //! leader through the Service); a worker with another bucket count gets `FAILED_PRECONDITION`; a
 //! stream that does not start with Hello gets `INVALID_ARGUMENT`.
+//!
+//! A session needs a client certificate from the coordinator's CA ([`crate::identity`]):
+//! without one it is `UNAUTHENTICATED`, and a Hello naming another worker than the certificate
+//! is `PERMISSION_DENIED`. ([`WorkerSessions::trusting_hello`] drops this check, for tests that
+//! serve plaintext in-process.)
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +38,7 @@ pub struct WorkerSessions {
     leadership: watch::Receiver<Option<Leadership>>,
     buckets: u32,
     next: AtomicU64,
+    certificates: bool,
 }
 
 impl WorkerSessions {
@@ -47,7 +53,14 @@ impl WorkerSessions {
             leadership,
             buckets,
             next: AtomicU64::new(1),
+            certificates: true,
         }
+    }
+
+    /// Accepts any Hello without a client certificate (plaintext tests in one process).
+    pub fn trusting_hello(mut self) -> Self {
+        self.certificates = false;
+        self
     }
 }
 
@@ -61,6 +74,11 @@ impl WorkerService for WorkerSessions {
         &self,
         request: Request<Streaming<WorkerMessage>>,
     ) -> Result<Response<Outbound>, Status> {
+        let certified = if self.certificates {
+            Some(crate::identity::peer_worker(&request)?)
+        } else {
+            None
+        };
         let Some(leader) = self.leadership.borrow().clone() else {
             return Err(Status::unavailable(
                 "this coordinator is not the leader; retry",
@@ -86,6 +104,15 @@ impl WorkerService for WorkerSessions {
         }
         if hello.worker_id.is_empty() {
             return Err(Status::invalid_argument("Hello.worker_id is empty"));
+        }
+        if let Some(certified) = certified
+            && certified != hello.worker_id
+        {
+            tracing::warn!(certificate = %certified, hello = %hello.worker_id, "session refused: the Hello names another worker than the certificate");
+            return Err(Status::permission_denied(format!(
+                "the client certificate is worker {certified:?}'s, the Hello names {:?}",
+                hello.worker_id
+            )));
         }
         let worker = hello.worker_id.clone();
         let session = self.next.fetch_add(1, Ordering::Relaxed);

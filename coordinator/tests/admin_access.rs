@@ -12,11 +12,7 @@ use coordinator::admin::Admin;
 use coordinator::core::Snapshot;
 use coordinator::counts::BucketCounts;
 use coordinator::sessions::Leadership;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use kube::Api;
-use kube::api::{ObjectMeta, PostParams};
+use k8s_openapi::api::rbac::v1::PolicyRule;
 use proto::client::{AdminClient, Credentials, admin_client};
 use proto::v1::admin_service_server::AdminServiceServer;
 use proto::v1::{DrainWorkerRequest, GetBucketMapRequest, RebalanceRequest};
@@ -24,7 +20,20 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Code;
 
+mod common;
+
+use common::{grant, service_account_token};
+
 const B: u32 = 8;
+
+fn shards(verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec!["kubetemplater.io".into()]),
+        resources: Some(vec!["shards".into()]),
+        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        ..Default::default()
+    }
+}
 
 /// An admin service for `namespace`, authorizing with `client`; its address.
 async fn serve(client: kube::Client, namespace: &str) -> String {
@@ -60,82 +69,6 @@ async fn serve(client: kube::Client, namespace: &str) -> String {
 async fn connect(url: &str, credentials: &Credentials) -> AdminClient {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).unwrap();
     admin_client(endpoint, credentials).await.unwrap()
-}
-
-/// A token of a new ServiceAccount `name` in `namespace`.
-async fn service_account_token(client: &kube::Client, namespace: &str, name: &str) -> String {
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    accounts
-        .create(
-            &PostParams::default(),
-            &ServiceAccount {
-                metadata: ObjectMeta {
-                    name: Some(name.into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            expiration_seconds: Some(600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let answer: TokenRequest = accounts
-        .create_subresource("token", name, &PostParams::default(), &request)
-        .await
-        .unwrap();
-    answer.status.unwrap().token.unwrap()
-}
-
-/// Grants `verbs` on shards.kubetemplater.io in `namespace` to the ServiceAccount `name`.
-async fn grant(client: &kube::Client, namespace: &str, name: &str, verbs: &[&str]) {
-    let role_name = format!("{name}-{}", verbs.join("-"));
-    Api::<Role>::namespaced(client.clone(), namespace)
-        .create(
-            &PostParams::default(),
-            &Role {
-                metadata: ObjectMeta {
-                    name: Some(role_name.clone()),
-                    ..Default::default()
-                },
-                rules: Some(vec![PolicyRule {
-                    api_groups: Some(vec!["kubetemplater.io".into()]),
-                    resources: Some(vec!["shards".into()]),
-                    verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
-                    ..Default::default()
-                }]),
-            },
-        )
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(client.clone(), namespace)
-        .create(
-            &PostParams::default(),
-            &RoleBinding {
-                metadata: ObjectMeta {
-                    name: Some(role_name.clone()),
-                    ..Default::default()
-                },
-                role_ref: RoleRef {
-                    api_group: Some("rbac.authorization.k8s.io".into()),
-                    kind: "Role".into(),
-                    name: role_name,
-                },
-                subjects: Some(vec![Subject {
-                    kind: "ServiceAccount".into(),
-                    name: name.into(),
-                    namespace: Some(namespace.into()),
-                    ..Default::default()
-                }]),
-            },
-        )
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
@@ -181,7 +114,7 @@ async fn cluster_rbac_decides_who_may_inspect_and_who_may_move_shards() {
     );
 
     // `get` lets it inspect (a dry-run rebalance too), not drain or rebalance.
-    grant(&client, &ns, "operator", &["get"]).await;
+    grant(&client, &ns, "operator", "get", shards(&["get"])).await;
     let read = eventually(|| {
         let mut admin = admin.clone();
         async move { admin.get_bucket_map(GetBucketMapRequest {}).await }
@@ -212,7 +145,7 @@ async fn cluster_rbac_decides_who_may_inspect_and_who_may_move_shards() {
     assert!(err.message().contains("which Rebalance needs"), "{err:?}");
 
     // `update` lets it move shards.
-    grant(&client, &ns, "operator", &["update"]).await;
+    grant(&client, &ns, "operator", "update", shards(&["update"])).await;
     eventually(|| {
         let mut admin = admin.clone();
         async move {

@@ -95,6 +95,7 @@ fn worker(
             worker_id: name.into(),
             lease_namespace: "ns".into(),
             buckets: B,
+            tls: None,
         },
         ownership.clone(),
         Arc::new(Host {
@@ -138,11 +139,9 @@ async fn a_joining_worker_gets_half_and_nobody_double_holds() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(WorkerServiceServer::new(WorkerSessions::new(
-                events.clone(),
-                leadership.clone(),
-                B,
-            )))
+            .add_service(WorkerServiceServer::new(
+                WorkerSessions::new(events.clone(), leadership.clone(), B).trusting_hello(),
+            ))
             .add_service(AdminServiceServer::new(Admin::new(
                 snapshot.clone(),
                 leadership.clone(),

@@ -207,7 +207,7 @@ impl ShardConfig {
     pub fn coordinator_urls(&self) -> String {
         self.coordinator_ports
             .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
+            .map(|p| format!("https://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",")
     }

@@ -9,7 +9,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use proto::client::{AdminClient, Credentials};
+use proto::client::{AdminClient, Credentials, Tls};
 use proto::v1::{self};
 use serde::Serialize;
 
@@ -113,7 +113,11 @@ async fn leader(urls: &str, kubeconfig: &std::path::Path) -> Result<AdminClient>
         .map_err(|e| Error::Cluster(e.to_string()))?;
     let credentials = Credentials::from_kube_config(&config)
         .map_err(|e| Error::Cluster(format!("the admin API: {e}")))?;
-    proto::client::leader(urls.split(','), &credentials, |e| e)
+    let client = kube::Client::try_from(config).map_err(|e| Error::Cluster(e.to_string()))?;
+    let tls = Tls::from_cluster(&client, "kubetemplater-system")
+        .await
+        .map_err(|e| Error::Cluster(e.to_string()))?;
+    proto::client::leader(urls.split(','), &credentials, &tls)
         .await
         .map_err(|e| Error::Cluster(e.to_string()))
 }

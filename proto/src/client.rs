@@ -6,6 +6,11 @@
 //! static tokens, token files and exec plugins (cloud logins, `kubectl oidc-login` …) all work
 //! and refreshed tokens are picked up. [`AdminClient`] is the generated client over such a
 //! channel; [`leader`] finds the leading coordinator among several addresses.
+//!
+//! The coordinators serve TLS only. [`Tls`] trusts their CA bundle (the ConfigMap
+//! [`CA_CONFIGMAP`] in their namespace, or a file) and checks the name [`server_name`], which
+//! every coordinator certificate carries whatever address is dialled (a Service, a pod IP,
+//! `127.0.0.1` through `kubectl port-forward`).
 
 use std::sync::Arc;
 
@@ -15,6 +20,129 @@ use tonic::transport::{Channel, Endpoint};
 use tower::{BoxError, Layer as _, ServiceExt};
 
 use crate::v1::admin_service_client::AdminServiceClient;
+
+/// ConfigMap in the coordinators' namespace holding the CA bundle (PEM, key [`CA_BUNDLE_KEY`])
+/// that clients trust the coordinators with; the coordinators keep it current.
+pub const CA_CONFIGMAP: &str = "kubetemplater-coordinator-ca";
+/// Key of the bundle in [`CA_CONFIGMAP`].
+pub const CA_BUNDLE_KEY: &str = "ca.crt";
+
+/// The DNS name every coordinator certificate carries and clients verify:
+/// `kubetemplater-coordinator.<namespace>.svc`.
+pub fn server_name(namespace: &str) -> String {
+    format!("kubetemplater-coordinator.{namespace}.svc")
+}
+
+/// `address` as an `https://` URL: `host:port`, `http://host:port` and `https://host:port` all
+/// reach the same TLS endpoint (the coordinators serve nothing else).
+pub fn https(address: &str) -> String {
+    let address = address.trim();
+    let rest = address
+        .strip_prefix("https://")
+        .or_else(|| address.strip_prefix("http://"))
+        .unwrap_or(address);
+    format!("https://{rest}")
+}
+
+/// Why the coordinators' CA bundle could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The ConfigMap could not be read.
+    #[error("reading the coordinators' CA bundle (ConfigMap {namespace}/{CA_CONFIGMAP}): {source}")]
+    Read {
+        /// The coordinators' namespace.
+        namespace: String,
+        /// Why.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// It holds no bundle yet (no coordinator has started).
+    #[error(
+        "ConfigMap {namespace}/{CA_CONFIGMAP} has no {CA_BUNDLE_KEY} yet: no coordinator has          published its CA (is one running?)"
+    )]
+    Missing {
+        /// The coordinators' namespace.
+        namespace: String,
+    },
+}
+
+/// TLS towards the coordinators: whom to trust, which name to check, and optionally the
+/// client's own certificate (a worker's).
+#[derive(Clone)]
+pub struct Tls {
+    ca_pem: String,
+    server_name: String,
+    identity: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Trusts `ca_pem` for the coordinators of `namespace`.
+    pub fn new(ca_pem: impl Into<String>, namespace: &str) -> Self {
+        Self {
+            ca_pem: ca_pem.into(),
+            server_name: server_name(namespace),
+            identity: None,
+        }
+    }
+
+    /// Trusts the bundle the coordinators of `namespace` publish ([`CA_CONFIGMAP`]).
+    pub async fn from_cluster(client: &kube::Client, namespace: &str) -> Result<Self, TlsError> {
+        let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+            kube::Api::namespaced(client.clone(), namespace);
+        let configmap = api
+            .get_opt(CA_CONFIGMAP)
+            .await
+            .map_err(|e| TlsError::Read {
+                namespace: namespace.to_owned(),
+                source: Box::new(e),
+            })?;
+        let bundle = configmap
+            .and_then(|c| c.data)
+            .and_then(|mut d| d.remove(CA_BUNDLE_KEY))
+            .filter(|b| b.contains("BEGIN CERTIFICATE"))
+            .ok_or_else(|| TlsError::Missing {
+                namespace: namespace.to_owned(),
+            })?;
+        Ok(Self::new(bundle, namespace))
+    }
+
+    /// Also presents `cert_pem` with its key `key_pem` (mutual TLS).
+    pub fn with_identity(
+        mut self,
+        cert_pem: impl Into<String>,
+        key_pem: impl Into<String>,
+    ) -> Self {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// The trusted bundle (PEM).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// An endpoint for `address` over this TLS (the address becomes `https://`).
+    pub fn endpoint(&self, address: &str) -> Result<Endpoint, tonic::transport::Error> {
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .domain_name(self.server_name.clone());
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        Endpoint::from_shared(https(address))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .tls_config(config)
+    }
+}
 
 /// A channel to a coordinator that adds the caller's credentials to every call.
 pub type AuthChannel = tower::util::BoxCloneSyncService<
@@ -156,7 +284,7 @@ pub enum LeaderError {
 pub async fn leader(
     addresses: impl IntoIterator<Item = impl AsRef<str>>,
     credentials: &Credentials,
-    configure: impl Fn(Endpoint) -> Endpoint,
+    tls: &Tls,
 ) -> Result<AdminClient, LeaderError> {
     let mut tried = Vec::new();
     for address in addresses {
@@ -164,12 +292,13 @@ pub async fn leader(
         if address.is_empty() {
             continue;
         }
-        let endpoint =
-            Endpoint::from_shared(address.to_owned()).map_err(|source| LeaderError::Address {
+        let endpoint = tls
+            .endpoint(address)
+            .map_err(|source| LeaderError::Address {
                 address: address.to_owned(),
                 source,
             })?;
-        let mut client = match admin_client(configure(endpoint), credentials).await {
+        let mut client = match admin_client(endpoint, credentials).await {
             Ok(client) => client,
             Err(e) => {
                 tried.push(format!("cannot reach {address}: {e}"));
@@ -213,6 +342,21 @@ mod tests {
         config.auth_info.client_key_data = Some("key".to_owned().into());
         let err = Credentials::from_kube_config(&config).unwrap_err();
         assert!(err.to_string().contains("--token"), "{err}");
+    }
+
+    #[test]
+    fn every_address_form_becomes_https() {
+        for address in [
+            "127.0.0.1:9444",
+            "http://127.0.0.1:9444",
+            " https://127.0.0.1:9444",
+        ] {
+            assert_eq!(https(address), "https://127.0.0.1:9444");
+        }
+        assert_eq!(
+            server_name("kubetemplater-system"),
+            "kubetemplater-coordinator.kubetemplater-system.svc"
+        );
     }
 
     #[test]

@@ -40,10 +40,11 @@ async fn collect_handoffs(
         .map(str::to_owned)
         .collect();
     let credentials = system.credentials().await.unwrap();
+    let tls = system.tls().await.unwrap();
     tokio::spawn(async move {
         while !cancel.is_cancelled() {
             for url in &urls {
-                let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.clone()) else {
+                let Ok(endpoint) = tls.endpoint(url) else {
                     continue;
                 };
                 let Ok(mut admin) = proto::client::admin_client(endpoint, &credentials).await

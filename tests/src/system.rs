@@ -14,7 +14,7 @@ use devcluster::stack::{self, Component, ShardConfig};
 use devcluster::testing::{ExternalStack, PrivateCluster};
 use devcluster::{Endpoints, Layout};
 use kube::Client;
-use proto::client::{AdminClient, Credentials};
+use proto::client::{AdminClient, Credentials, Tls};
 use proto::v1::{self};
 
 use crate::{eventually, install_crds};
@@ -254,8 +254,13 @@ impl System {
             .config
             .coordinator_ports
             .iter()
-            .map(|port| format!("http://127.0.0.1:{port}"));
-        Ok(proto::client::leader(urls, &self.credentials().await?, |e| e).await?)
+            .map(|port| format!("https://127.0.0.1:{port}"));
+        Ok(proto::client::leader(urls, &self.credentials().await?, &self.tls().await?).await?)
+    }
+
+    /// TLS towards the coordinators: the CA bundle they publish.
+    pub async fn tls(&self) -> Result<Tls> {
+        Ok(Tls::from_cluster(&self.client, "kubetemplater-system").await?)
     }
 
     /// The admin kubeconfig's credentials, for the coordinators' admin API.

@@ -92,7 +92,7 @@ pub async fn run(
     let source = cert_source(&args, &client);
     let first = tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
-        first = load_first_certificate(&source) => first,
+        first = certs::load_with_retry(&source) => first,
     };
     tracing::info!(fingerprint = %first.fingerprint, not_after = %first.not_after, "serving certificate loaded");
     let (cert_tx, cert_rx) = watch::channel(Arc::new(first));
@@ -173,21 +173,5 @@ fn cert_source(args: &Args, client: &kube::Client) -> CertSource {
             rotate_before: args.tls.cert_renew_before,
             ..SecretSource::defaults(client.clone(), &args.namespace, &args.tls.secret_name)
         }),
-    }
-}
-
-/// Loads the first certificate, retrying (1 s doubling to 30 s) while the API server or the
-/// files are not there yet.
-async fn load_first_certificate(source: &CertSource) -> certs::ServingCert {
-    let mut backoff = std::time::Duration::from_secs(1);
-    loop {
-        match certs::load(source).await {
-            Ok(cert) => return cert,
-            Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "loading the serving certificate failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
-            }
-        }
     }
 }

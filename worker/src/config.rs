@@ -1,5 +1,6 @@
 //! Command line and environment of the worker (clap). Every flag has an `env` twin.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use telemetry::{AdminArgs, TelemetryArgs, parse_duration};
@@ -36,9 +37,24 @@ pub struct Args {
         env = "KT_COORDINATOR_ADDR",
         value_delimiter = ',',
         value_name = "URL[,URL...]",
-        default_value = "http://kubetemplater-coordinator:9444"
+        default_value = "https://kubetemplater-coordinator:9444"
     )]
     pub coordinator_addr: Vec<String>,
+
+    /// A supplied client certificate (PEM, naming this worker: URI
+    /// kubetemplater://worker/<worker-id>), instead of one the coordinator signs on request.
+    /// Read again for every connection.
+    #[arg(long, env = "KT_TLS_CERT_FILE", requires_all = ["tls_key_file", "tls_ca_file"])]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The supplied certificate's private key.
+    #[arg(long, env = "KT_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// With a supplied certificate: the CA bundle the coordinators' certificates chain to
+    /// (otherwise read from the ConfigMap kubetemplater-coordinator-ca in --namespace).
+    #[arg(long, env = "KT_TLS_CA_FILE", requires = "tls_cert_file")]
+    pub tls_ca_file: Option<PathBuf>,
 
     /// Namespace of kubetemplater's own objects (the worker's Lease, the policies).
     #[arg(long, env = "KT_NAMESPACE", default_value = "kubetemplater-system")]
@@ -113,7 +129,7 @@ mod tests {
         assert_eq!(args.buckets, 1024);
         assert_eq!(
             args.coordinator_addr,
-            vec!["http://kubetemplater-coordinator:9444".to_owned()]
+            vec!["https://kubetemplater-coordinator:9444".to_owned()]
         );
     }
 
@@ -130,6 +146,23 @@ mod tests {
         assert_eq!(
             args.coordinator_addr,
             vec!["http://127.0.0.1:9444", "http://127.0.0.1:9445"]
+        );
+    }
+
+    #[test]
+    fn a_supplied_certificate_needs_its_key_and_ca() {
+        let err = Args::try_parse_from([
+            "kubetemplater-worker",
+            "--worker-id",
+            "worker-0",
+            "--tls-cert-file",
+            "/tls/tls.crt",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--tls-key-file") && err.contains("--tls-ca-file"),
+            "{err}"
         );
     }
 

@@ -3,6 +3,7 @@ pub mod apply;
 pub mod config;
 pub mod desired;
 pub mod drift;
+pub mod identity;
 pub mod metrics;
 pub mod ownership;
 pub mod pipeline;

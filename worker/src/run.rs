@@ -43,6 +43,7 @@ use telemetry::{AdminServer, AdminState, LogLevelHandle, Readiness, Registry, Te
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Args;
+use crate::identity::{Certified, SuppliedFiles, WorkerTls};
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
 use crate::pipeline::{Pipeline, PipelineConfig};
@@ -50,6 +51,7 @@ use crate::queue::QueueConfig;
 use crate::reconcile::Reconciler;
 use crate::session::{Session, SessionConfig};
 use crate::writes::Writes;
+use proto::client::Credentials;
 
 const READY_LEASE: &str = "lease";
 const READY_POLICIES: &str = "policy-cache";
@@ -90,6 +92,38 @@ pub enum RunError {
     /// The pipeline stopped by itself.
     #[error("the pipeline stopped unexpectedly")]
     PipelineStopped,
+}
+
+/// The worker's TLS towards the coordinators: supplied files, or a certificate the coordinator
+/// signs for this worker's own token.
+fn worker_tls(
+    args: &Args,
+    kube_config: &kube::Config,
+    client: &kube::Client,
+) -> Result<WorkerTls, RunError> {
+    if let (Some(cert), Some(key), Some(ca)) =
+        (&args.tls_cert_file, &args.tls_key_file, &args.tls_ca_file)
+    {
+        return Ok(WorkerTls::Supplied {
+            files: SuppliedFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            },
+            namespace: args.namespace.clone(),
+        });
+    }
+    let credentials = Credentials::from_kube_config(kube_config).map_err(|e| {
+        RunError::Config(format!(
+            "the worker's certificate is asked for with its Kubernetes token: {e}"
+        ))
+    })?;
+    Ok(WorkerTls::Certified(Box::new(Certified::new(
+        client.clone(),
+        credentials,
+        args.namespace.clone(),
+        args.worker_id.clone(),
+    ))))
 }
 
 /// What [`validate`] derives from the arguments.
@@ -194,6 +228,7 @@ pub async fn run_with(
     let client = kube::Client::try_from(kube_config.clone()).map_err(RunError::Client)?;
     let writer = kube::Client::try_from(writer_config(kube_config.clone(), plan.write_timeout))
         .map_err(RunError::Client)?;
+    let tls = worker_tls(&args, &kube_config, &client)?;
 
     // The root has no prefix: the Tenant metrics keep the original's names.
     let mut registry = Registry::default();
@@ -322,6 +357,7 @@ pub async fn run_with(
             worker_id: args.worker_id.clone(),
             lease_namespace: args.namespace.clone(),
             buckets: args.buckets,
+            tls: Some(Arc::new(tls)),
         },
         ownership.clone(),
         Arc::new(pipeline.clone()),

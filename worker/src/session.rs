@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use crate::identity::{IdentityError, WorkerTls};
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
 
@@ -65,6 +66,9 @@ pub struct SessionConfig {
     pub lease_namespace: String,
     /// B.
     pub buckets: u32,
+    /// TLS with a client certificate naming this worker ([`crate::identity`]); `None` connects
+    /// in plaintext (tests against a coordinator in the same process).
+    pub tls: Option<Arc<WorkerTls>>,
 }
 
 /// The session task's shared state.
@@ -110,9 +114,19 @@ enum SessionError {
     Deposed { theirs: u64, known: u64 },
     #[error("no coordinator address is configured")]
     NoAddress,
+    #[error("no client certificate: {0}")]
+    Identity(#[from] IdentityError),
 }
 
 impl SessionError {
+    /// The coordinator refused the client certificate's identity.
+    fn is_identity_refused(&self) -> bool {
+        matches!(self, SessionError::Refused(status) if matches!(
+            status.code(),
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+        ))
+    }
+
     /// A standby's "not the leader" (or a shutting-down coordinator's).
     fn is_unavailable(&self) -> bool {
         matches!(self, SessionError::Refused(status) if status.code() == tonic::Code::Unavailable)
@@ -244,6 +258,11 @@ impl Session {
                 r = self.connection(addr, &mut leader_epoch, &mut welcomed) => r,
             };
             *lock(&self.outbox) = None;
+            if let (Some(tls), Err(error)) = (&self.config.tls, &result)
+                && error.is_identity_refused()
+            {
+                tls.invalidate().await;
+            }
             let wait = if welcomed {
                 let error = result.err().unwrap_or(SessionError::Ended);
                 tracing::warn!(error = %chain(&error), coordinator = %addr, "coordinator session ended; still serving held buckets");
@@ -258,6 +277,11 @@ impl Session {
                 let wait = rotation.failed();
                 if let Some(wait) = wait {
                     tracing::warn!(coordinators = ?addresses, retry_in = ?wait, "no coordinator accepted a session; still serving held buckets");
+                    // A handshake the coordinators refused (a CA that changed …) fails like an
+                    // unreachable address: after a whole failed round, certify again.
+                    if let Some(tls) = &self.config.tls {
+                        tls.invalidate().await;
+                    }
                 }
                 wait
             };
@@ -307,7 +331,11 @@ impl Session {
             addr: addr.to_owned(),
             source,
         };
-        let endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        let endpoint = match &self.config.tls {
+            Some(tls) => tls.for_connection(addr).await?.endpoint(addr),
+            None => tonic::transport::Endpoint::from_shared(addr.to_owned()),
+        };
+        let endpoint = endpoint
             .map_err(connect)?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
