@@ -17,11 +17,37 @@ use crate::error::{Error, Result};
 /// The user that made a request.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct AuditUser {
-    /// User name (`kubetemplater:worker-0` …).
+    /// User name (`system:serviceaccount:kubetemplater-system:kubetemplater-worker`,
+    /// `devcluster:admin`, `kubetemplater:loadtest` …).
     pub username: String,
     /// Groups.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Extra attributes: for a pod-bound ServiceAccount token, the pod's name and UID.
+    #[serde(default)]
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl AuditUser {
+    /// Which of our processes made the request, as `kubetemplater:<process>`
+    /// (`kubetemplater:worker-3`): our components run under the chart's ServiceAccounts
+    /// (`kubetemplater-*` in `kubetemplater-system`) with tokens bound to a Pod named after the
+    /// process ([`crate::identity`]), in devcluster and in a real install alike. Any other user
+    /// is its user name.
+    pub fn component(&self) -> String {
+        let ours = self
+            .username
+            .strip_prefix("system:serviceaccount:kubetemplater-system:kubetemplater-")
+            .is_some();
+        match self
+            .extra
+            .get(crate::identity::POD_NAME_EXTRA)
+            .and_then(|pods| pods.first())
+        {
+            Some(pod) if ours => format!("kubetemplater:{pod}"),
+            _ => self.username.clone(),
+        }
+    }
 }
 
 /// The object a request touched.
@@ -106,12 +132,19 @@ impl AuditEvent {
                 };
                 format!(
                     "{} {}{} {}/{} by {}",
-                    self.verb, o.resource, sub, o.namespace, o.name, self.user.username
+                    self.verb,
+                    o.resource,
+                    sub,
+                    o.namespace,
+                    o.name,
+                    self.user.component()
                 )
             }
             None => format!(
                 "{} {} by {}",
-                self.verb, self.request_uri, self.user.username
+                self.verb,
+                self.request_uri,
+                self.user.component()
             ),
         }
     }
@@ -172,12 +205,15 @@ impl AuditLog {
         Ok(events)
     }
 
-    /// Successful writes after `cursor` by `username`.
+    /// Successful writes after `cursor` by `username` (a user name, or one of our processes as
+    /// [`AuditUser::component`] names it).
     pub fn writes_by(&self, cursor: Cursor, username: &str) -> Result<Vec<AuditEvent>> {
         Ok(self
             .read_since(cursor)?
             .into_iter()
-            .filter(|e| e.succeeded() && e.user.username == username)
+            .filter(|e| {
+                e.succeeded() && (e.user.username == username || e.user.component() == username)
+            })
             .collect())
     }
 
@@ -229,6 +265,35 @@ mod tests {
         let writes = log.writes_by(cursor, "kubetemplater:worker-0").unwrap();
         assert_eq!(writes.len(), 1, "the 403 is not a write");
         assert!(events[0].stage_timestamp > events[0].request_received_timestamp);
+    }
+
+    #[test]
+    fn our_processes_are_named_by_the_pod_their_token_is_bound_to() {
+        let user = |name: &str, pod: Option<&str>| AuditUser {
+            username: name.into(),
+            groups: vec![],
+            extra: pod
+                .map(|p| {
+                    [(
+                        crate::identity::POD_NAME_EXTRA.to_owned(),
+                        vec![p.to_owned()],
+                    )]
+                    .into()
+                })
+                .unwrap_or_default(),
+        };
+        let worker = "system:serviceaccount:kubetemplater-system:kubetemplater-worker";
+        assert_eq!(
+            user(worker, Some("worker-3")).component(),
+            "kubetemplater:worker-3"
+        );
+        assert_eq!(user(worker, None).component(), worker);
+        let other = "system:serviceaccount:apps:builder";
+        assert_eq!(user(other, Some("builder-1")).component(), other);
+        assert_eq!(
+            user("devcluster:admin", None).component(),
+            "devcluster:admin"
+        );
     }
 
     #[test]

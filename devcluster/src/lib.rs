@@ -15,6 +15,7 @@ pub mod audit;
 pub mod cluster;
 pub mod database;
 mod error;
+pub mod identity;
 pub mod kubeconfig;
 pub mod layout;
 pub mod pki;

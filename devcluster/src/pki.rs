@@ -29,15 +29,16 @@ pub struct Identity {
     pub token: String,
 }
 
-/// How many worker identities devcluster provisions (`worker-0` …); the token file is read once
-/// at kube-apiserver start, so they exist up front.
+/// The most workers devcluster runs (`worker-0` … `worker-15`). Each runs under the workers'
+/// ServiceAccount with a token bound to a Pod of its name ([`crate::identity`]).
 pub const WORKER_IDENTITIES: usize = 16;
 
 /// The identities devcluster provisions: `(name, user, groups)`.
 ///
 /// `admin`, the controller manager and kwok are in `system:masters`; kube-scheduler gets what the
-/// built-in bindings grant `system:kube-scheduler`; our components are in their own groups and get
-/// only what RBAC grants those groups.
+/// built-in bindings grant `system:kube-scheduler`; `loadtest` and `e2e` are in their own groups
+/// and get only what RBAC grants those. Our components are not here: they run under the chart's
+/// ServiceAccounts ([`crate::identity`], ADR 0002).
 pub fn identity_specs() -> Vec<(String, String, Vec<String>)> {
     let mut specs = vec![
         (
@@ -67,13 +68,6 @@ pub fn identity_specs() -> Vec<(String, String, Vec<String>)> {
         let user = format!("kubetemplater:{name}");
         (name, user, vec![format!("kubetemplater:{group}")])
     };
-    for i in 0..2 {
-        specs.push(component(format!("coordinator-{i}"), "coordinators"));
-        specs.push(component(format!("webhook-{i}"), "webhooks"));
-    }
-    for i in 0..WORKER_IDENTITIES {
-        specs.push(component(format!("worker-{i}"), "workers"));
-    }
     specs.push(component("loadtest".to_string(), "loadtest"));
     // A test identity with no permissions of its own: tests bind roles to it as they need.
     specs.push(component("e2e".to_string(), "e2e"));
@@ -268,11 +262,11 @@ mod tests {
         let pki = ensure(dir.path()).unwrap();
         let text = fs::read_to_string(&pki.tokens).unwrap();
         assert_eq!(text.lines().count(), identity_specs().len());
-        let worker = pki.identity("worker-3").unwrap();
-        assert_eq!(worker.user, "kubetemplater:worker-3");
+        let e2e = pki.identity("e2e").unwrap();
+        assert_eq!(e2e.user, "kubetemplater:e2e");
         assert!(text.contains(&format!(
-            "{},kubetemplater:worker-3,kubetemplater:worker-3,\"kubetemplater:workers\"",
-            worker.token
+            "{},kubetemplater:e2e,kubetemplater:e2e,\"kubetemplater:e2e\"",
+            e2e.token
         )));
         let users: std::collections::HashSet<_> = pki.identities.iter().map(|i| &i.token).collect();
         assert_eq!(users.len(), pki.identities.len(), "tokens are unique");

@@ -145,7 +145,7 @@ pub async fn start_webhooks(
         .map(|s| (*s).to_owned())
         .collect();
         args.extend(config.extra_args.iter().cloned());
-        let env = component_env(endpoints, &identity);
+        let env = component_env(endpoints, &identity).await?;
         let process = process::spawn_with_env(
             &identity,
             &config.binary,
@@ -334,14 +334,17 @@ pub async fn start_coordinators(
         .map(|s| (*s).to_owned())
         .collect();
         args.extend(config.coordinator_args.iter().cloned());
-        started.push(spawn_component(
-            layout,
-            endpoints,
-            &identity,
-            &config.coordinator_binary,
-            &args,
-            admin_port,
-        )?);
+        started.push(
+            spawn_component(
+                layout,
+                endpoints,
+                &identity,
+                &config.coordinator_binary,
+                &args,
+                admin_port,
+            )
+            .await?,
+        );
     }
     let addresses = vec![(COORDINATOR_ADDRESSES.to_owned(), config.coordinator_urls())];
     wait_all_ready(layout, started, &addresses, config.ready_timeout).await
@@ -373,19 +376,22 @@ pub async fn start_workers(
         .map(|s| (*s).to_owned())
         .collect();
         args.extend(config.worker_args.iter().cloned());
-        started.push(spawn_component(
-            layout,
-            endpoints,
-            &identity,
-            &config.worker_binary,
-            &args,
-            admin_port,
-        )?);
+        started.push(
+            spawn_component(
+                layout,
+                endpoints,
+                &identity,
+                &config.worker_binary,
+                &args,
+                admin_port,
+            )
+            .await?,
+        );
     }
     wait_all_ready(layout, started, &[], config.ready_timeout).await
 }
 
-fn spawn_component(
+async fn spawn_component(
     layout: &Layout,
     endpoints: &Endpoints,
     identity: &str,
@@ -393,7 +399,7 @@ fn spawn_component(
     args: &[String],
     admin_port: u16,
 ) -> Result<(process::Started, String)> {
-    let env = component_env(endpoints, identity);
+    let env = component_env(endpoints, identity).await?;
     let process = process::spawn_with_env(identity, binary, args, &env, &layout.log(identity))?;
     Ok((process, format!("http://127.0.0.1:{admin_port}")))
 }
@@ -430,13 +436,17 @@ async fn wait_all_ready(
     Ok(components)
 }
 
-/// Environment of a component process: its identity's kubeconfig and OTLP export to Jaeger.
-pub fn component_env(endpoints: &Endpoints, identity: &str) -> Vec<(String, String)> {
+/// Environment of a component process: a kubeconfig for its chart ServiceAccount with a token
+/// bound to a Pod of its name ([`crate::identity`]) and OTLP export to Jaeger.
+pub async fn component_env(endpoints: &Endpoints, identity: &str) -> Result<Vec<(String, String)>> {
+    let kubeconfig = crate::identity::service_account_kubeconfig(
+        &endpoints.kubeconfig,
+        &endpoints.kubeconfigs,
+        identity,
+    )
+    .await?;
     let mut env = vec![
-        (
-            "KUBECONFIG".to_owned(),
-            endpoints.kubeconfig_for(identity).display().to_string(),
-        ),
+        ("KUBECONFIG".to_owned(), kubeconfig.display().to_string()),
         (
             "OTEL_RESOURCE_ATTRIBUTES".to_owned(),
             format!("service.instance.id={identity}"),
@@ -450,7 +460,7 @@ pub fn component_env(endpoints: &Endpoints, identity: &str) -> Vec<(String, Stri
             jaeger.otlp_grpc.clone(),
         ));
     }
-    env
+    Ok(env)
 }
 
 async fn wait_ready(process: &mut process::Started, admin: &str, timeout: Duration) -> Result<()> {

@@ -31,15 +31,15 @@ async fn private_cluster_starts_serves_and_stops_cleanly() {
         devcluster::toolchain::KUBERNETES_VERSION
     );
 
-    // Every component identity can authenticate; none but admin may list secrets cluster-wide.
-    let worker = devcluster::cluster::client_from_kubeconfig(&endpoints.kubeconfig_for("worker-1"))
+    // The test identity authenticates and gets nothing RBAC does not grant it.
+    let e2e = devcluster::cluster::client_from_kubeconfig(&endpoints.kubeconfig_for("e2e"))
         .await
         .unwrap();
-    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::all(worker);
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::all(e2e);
     let err = secrets
         .list(&Default::default())
         .await
-        .expect_err("RBAC refuses the worker");
+        .expect_err("RBAC refuses the e2e identity");
     assert!(
         matches!(err, kube::Error::Api(ref e) if e.code == 403),
         "{err}"

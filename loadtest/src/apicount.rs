@@ -99,7 +99,7 @@ impl Writes {
     pub fn by_user(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
         for e in &self.events {
-            *out.entry(e.user.username.clone()).or_insert(0) += 1;
+            *out.entry(e.user.component()).or_insert(0) += 1;
         }
         out
     }
@@ -108,7 +108,7 @@ impl Writes {
     pub fn ours_without_leases(&self) -> Vec<&AuditEvent> {
         self.events
             .iter()
-            .filter(|e| e.user.username.starts_with(OUR_IDENTITIES))
+            .filter(|e| e.user.component().starts_with(OUR_IDENTITIES))
             .filter(|e| {
                 e.object_ref
                     .as_ref()

@@ -596,7 +596,7 @@ fn duplicates(
     let mut written: HashMap<(String, String), Vec<String>> = HashMap::new();
     for e in &writes.events {
         let Some(o) = &e.object_ref else { continue };
-        if !e.user.username.starts_with("kubetemplater:worker")
+        if !e.user.component().starts_with("kubetemplater:worker")
             || o.resource != "configmaps"
             || !matches!(e.verb.as_str(), "create" | "update" | "patch")
             || !e.succeeded()
@@ -606,7 +606,7 @@ fn duplicates(
         written
             .entry((o.namespace.clone(), o.name.clone()))
             .or_default()
-            .push(e.user.username.clone());
+            .push(e.user.component());
     }
     let (mut duplicated, mut unwritten) = (0, 0);
     let mut examples = Vec::new();

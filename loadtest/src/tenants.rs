@@ -986,7 +986,7 @@ fn write_records(report: &mut Report, phase: &str, writes: &Writes) -> usize {
     for e in &ours {
         let role = e
             .user
-            .username
+            .component()
             .trim_start_matches(OUR_IDENTITIES)
             .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
             .to_owned();

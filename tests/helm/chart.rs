@@ -123,6 +123,108 @@ fn the_chart_lints_and_refuses_bad_values() {
     }
 }
 
+/// The RBAC objects and admission policies of YAML documents, keyed by kind and name, with rule
+/// lists and subject lists as sets (their order means nothing).
+fn access_objects(yaml: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+    use serde::Deserialize as _;
+    const KINDS: [&str; 6] = [
+        "Role",
+        "ClusterRole",
+        "RoleBinding",
+        "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ];
+    let sorted = |v: &serde_json::Value| {
+        let mut items: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| i.to_string())
+            .collect();
+        items.sort();
+        serde_json::json!(items)
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_json::Value::deserialize(doc).unwrap();
+        let kind = value["kind"].as_str().unwrap_or_default();
+        if !KINDS.contains(&kind) {
+            continue;
+        }
+        let key = format!("{kind}/{}", value["metadata"]["name"].as_str().unwrap());
+        let essence = match kind {
+            "Role" | "ClusterRole" => serde_json::json!({"rules": sorted(&value["rules"])}),
+            "RoleBinding" | "ClusterRoleBinding" => serde_json::json!({
+                "roleRef": value["roleRef"], "subjects": sorted(&value["subjects"]),
+            }),
+            _ => value["spec"].clone(),
+        };
+        out.insert(key, essence);
+    }
+    out
+}
+
+/// devcluster runs the components under the chart's ServiceAccounts with devcluster's RBAC
+/// (deploy/devcluster); the e2e suites prove that RBAC sufficient only if it is the chart's.
+/// Rendered with the names devcluster uses, every Role, binding and admission policy of the
+/// components is the same in both (the chart's shard roles carry aggregation labels and a
+/// release prefix, so they are compared by rules).
+#[test]
+fn devcluster_runs_the_components_with_the_charts_rbac() {
+    let home = tempfile::tempdir().unwrap();
+    let mut template = helm(home.path());
+    template
+        .args([
+            "template",
+            "kubetemplater",
+            "--namespace",
+            "kubetemplater-system",
+            "--kube-version",
+            "1.36.0",
+            "--set",
+            "fullnameOverride=kubetemplater",
+        ])
+        .arg(chart());
+    let output = run(template);
+    assert!(output.status.success(), "helm template failed");
+    let chart = access_objects(&String::from_utf8(output.stdout).unwrap());
+
+    let mut devcluster_yaml = String::new();
+    let dir = repo_root().join("deploy/devcluster");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    for file in files {
+        devcluster_yaml.push_str(&std::fs::read_to_string(file).unwrap());
+        devcluster_yaml.push_str("\n---\n");
+    }
+    let devcluster = access_objects(&devcluster_yaml);
+
+    assert!(!devcluster.is_empty());
+    for (key, ours) in &devcluster {
+        let theirs = chart
+            .get(key)
+            .unwrap_or_else(|| panic!("the chart renders no {key}"));
+        assert_eq!(
+            ours, theirs,
+            "{key} differs between deploy/devcluster and the chart"
+        );
+    }
+    let components: Vec<&String> = chart
+        .keys()
+        .filter(|k| !k.contains("shards-"))
+        .filter(|k| !devcluster.contains_key(*k))
+        .collect();
+    assert!(
+        components.is_empty(),
+        "the chart grants what devcluster does not: {components:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chart_installs_under_restricted_pod_security() {
     let home = tempfile::tempdir().unwrap();

@@ -34,7 +34,7 @@ async fn ten_thousand_settled_templates_cost_no_writes() -> Result<()> {
     let writes: Vec<String> = window
         .ours_without_leases()
         .into_iter()
-        .map(|e| format!("{} {} by {}", e.verb, e.describe(), e.user.username))
+        .map(|e| format!("{} {} by {}", e.verb, e.describe(), e.user.component()))
         .collect();
     assert!(
         writes.is_empty(),

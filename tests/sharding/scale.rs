@@ -199,7 +199,7 @@ async fn five_hundred_templates_then_scaling_without_overlap() -> Result<()> {
         .transpose()?
         .unwrap_or_default()
         .into_iter()
-        .filter(|e| e.succeeded() && e.user.username.starts_with("kubetemplater:worker-"))
+        .filter(|e| e.succeeded() && e.user.component().starts_with("kubetemplater:worker-"))
         .filter(|e| {
             e.object_ref
                 .as_ref()

@@ -1,7 +1,7 @@
-//! Least privilege, proved by refusals: each component's identity is refused what it must not
-//! do, with a message that names it, while what it needs is allowed (devcluster's token
-//! identities carry the same rules the chart gives the ServiceAccounts; `tests/helm/chart.rs`
-//! checks those). Against another cluster the identities do not exist and the test says SKIP.
+//! Least privilege, proved by refusals: each component's ServiceAccount (a token bound to a
+//! placeholder Pod, as devcluster runs the components) is refused what it must not do, with a
+//! message that names it, while what it needs is allowed. `tests/helm/chart.rs` checks the
+//! chart's own ServiceAccounts the same way.
 
 use std::time::{Duration, Instant};
 
@@ -24,14 +24,18 @@ fn dry_run() -> PostParams {
 #[tokio::test(flavor = "multi_thread")]
 async fn each_identity_is_refused_what_it_must_not_do() -> Result<()> {
     let target = devcluster::testing::target().await?;
-    let (Some(worker), Some(webhook), Some(coordinator)) = (
-        target.client_as("worker-0").await?,
-        target.client_as("webhook-0").await?,
-        target.client_as("coordinator-0").await?,
-    ) else {
-        eprintln!("SKIP: the component identities exist on devcluster only");
-        return Ok(());
+    let dir = tempfile::tempdir()?;
+    let as_process = |process: &'static str| {
+        let (admin, dir) = (target.kubeconfig.clone(), dir.path().to_owned());
+        async move {
+            let kubeconfig =
+                devcluster::identity::service_account_kubeconfig(&admin, &dir, process).await?;
+            anyhow::Ok(devcluster::cluster::client_from_kubeconfig(&kubeconfig).await?)
+        }
     };
+    let worker = as_process("worker-0").await?;
+    let webhook = as_process("webhook-0").await?;
+    let coordinator = as_process("coordinator-0").await?;
     let bucket_map: ConfigMap =
         serde_json::from_value(json!({"metadata": {"name": "kubetemplater-bucket-map"}}))?;
 
@@ -86,7 +90,7 @@ async fn each_identity_is_refused_what_it_must_not_do() -> Result<()> {
     assert!(
         refused
             .to_string()
-            .contains("\"kubetemplater:webhook-0\" cannot create resource \"kubetemplates\""),
+            .contains("\"system:serviceaccount:kubetemplater-system:kubetemplater-webhook\" cannot create resource \"kubetemplates\""),
         "{refused}"
     );
 

@@ -269,7 +269,12 @@ pub fn check_exclusive(
     let mut violations = Vec::new();
     let mut checked = 0;
     for e in events {
-        let Some(worker) = e.user.username.strip_prefix("kubetemplater:worker-") else {
+        let Some(worker) = e
+            .user
+            .component()
+            .strip_prefix("kubetemplater:worker-")
+            .map(str::to_owned)
+        else {
             continue;
         };
         let Some(object) = &e.object_ref else {

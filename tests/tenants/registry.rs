@@ -825,7 +825,7 @@ impl Run<'_> {
                     .filter(|s| !s.is_empty())
                     .map(|s| format!(" {s}"))
                     .unwrap_or_default();
-                format!("{} {}{subresource}", e.user.username, e.verb)
+                format!("{} {}{subresource}", e.user.component(), e.verb)
             })
             .collect())
     }

@@ -108,9 +108,33 @@ app.kubernetes.io/managed-by: {{ (index . 0).Release.Service }}
 {{- printf "%s-mutating" (include "kubetemplater.prefix" .) }}
 {{- end }}
 
-{{/* The worker's --coordinator-addr: the coordinator Service, in front of every replica (ADR 0008). */}}
+{{/*
+The worker's --coordinator-addr: the coordinator Service, in front of every replica (ADR 0008).
+TLS only; the worker checks the name kubetemplater-coordinator.<namespace>.svc whatever it dials.
+*/}}
 {{- define "kubetemplater.coordinatorURL" -}}
-{{- printf "http://%s.%s.svc:%v" (include "kubetemplater.coordinatorServiceName" .) .Release.Namespace .Values.coordinator.grpcPort }}
+{{- printf "https://%s.%s.svc:%v" (include "kubetemplater.coordinatorServiceName" .) .Release.Namespace .Values.coordinator.grpcPort }}
+{{- end }}
+
+{{/*
+The Secret in which the coordinators keep their self-managed CA and serving certificate
+(--tls-secret): coordinator.tls.secretName, else <fullname>-coordinator-tls.
+*/}}
+{{- define "kubetemplater.coordinatorTLSSecretName" -}}
+{{- default (printf "%s-tls" (include "kubetemplater.componentName" (list . "coordinator"))) .Values.coordinator.tls.secretName }}
+{{- end }}
+
+{{/*
+The ConfigMap in which every coordinator replica publishes its CA bundle (key ca.crt) for workers
+and ktctl. A fixed name, like the leader Lease: the binaries do not take it as a flag.
+*/}}
+{{- define "kubetemplater.coordinatorCAConfigMapName" -}}
+kubetemplater-coordinator-ca
+{{- end }}
+
+{{/* Where a supplied certificate (coordinator.tls.existingSecret, worker.tls.volume) is mounted. */}}
+{{- define "kubetemplater.tlsMountPath" -}}
+/etc/kubetemplater/tls
 {{- end }}
 
 {{/* Checks webhook.certificate.mode; prints "true" when it is "selfManaged". */}}
