@@ -210,8 +210,17 @@ pub fn assert_cause(error: &SourceError, cause: &str) {
 }
 
 /// A port nothing listens on.
-pub fn free_port() -> u16 {
-    devcluster::cluster::free_port().expect("a free port")
+/// A port on 127.0.0.1 that refuses connections for as long as the returned socket lives: bound,
+/// never listening. A port that was merely free when picked can be taken meanwhile, even by the
+/// client's own connection (an ephemeral source port equal to the destination connects to
+/// itself), which then fails with a reset instead of a refusal.
+pub fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("binding 127.0.0.1:0");
+    let port = socket.local_addr().expect("its address").port();
+    (socket, port)
 }
 
 impl Db {
@@ -249,7 +258,7 @@ impl Db {
 /// password Secret that does not exist is `Secret` (naming the field, Secret and key).
 pub async fn unreachable_and_missing_secret_are_named(db: &Db) {
     let secrets = db.secrets();
-    let port = free_port();
+    let (_refusing, port) = refusing_port();
     let mut spec = db.spec("tenants", "is_active", &[]);
     *db.source_fields(&mut spec).0 = i32::from(port);
     let error = read(&spec, &secrets).await.expect_err("nothing listens");
