@@ -261,6 +261,28 @@ impl AdminService for Admin {
         if worker.is_empty() {
             return Err(Status::invalid_argument("worker_id is empty"));
         }
+        {
+            let snap = self.snapshot.borrow();
+            let known = snap.live.contains(&worker)
+                || snap.connected.contains(&worker)
+                || snap
+                    .slots
+                    .iter()
+                    .any(|s| s.owner.as_deref() == Some(worker.as_str()));
+            if !known {
+                let mut workers: Vec<&String> = snap.live.iter().chain(&snap.connected).collect();
+                workers.sort();
+                workers.dedup();
+                return Err(Status::not_found(format!(
+                    "no worker {worker:?}: it holds no Lease, session or bucket (workers: {})",
+                    workers
+                        .iter()
+                        .map(|w| w.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
         let mut snapshot = self.snapshot.clone();
         self.events
             .send(Event::Drain {

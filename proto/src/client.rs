@@ -48,17 +48,16 @@ pub fn https(address: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The ConfigMap could not be read.
-    #[error("reading the coordinators' CA bundle (ConfigMap {namespace}/{CA_CONFIGMAP}): {source}")]
+    #[error("reading the coordinators' CA bundle (ConfigMap {namespace}/{CA_CONFIGMAP}): {reason}")]
     Read {
         /// The coordinators' namespace.
         namespace: String,
-        /// Why.
-        #[source]
-        source: Box<kube::Error>,
+        /// Why: the API server's message (a refusal names the missing permission).
+        reason: String,
     },
     /// It holds no bundle yet (no coordinator has started).
     #[error(
-        "ConfigMap {namespace}/{CA_CONFIGMAP} has no {CA_BUNDLE_KEY} yet: no coordinator has          published its CA (is one running?)"
+        "ConfigMap {namespace}/{CA_CONFIGMAP} has no {CA_BUNDLE_KEY} yet: no coordinator has published its CA (is one running?)"
     )]
     Missing {
         /// The coordinators' namespace.
@@ -103,7 +102,10 @@ impl Tls {
             .await
             .map_err(|e| TlsError::Read {
                 namespace: namespace.to_owned(),
-                source: Box::new(e),
+                reason: match e {
+                    kube::Error::Api(status) => status.message,
+                    other => other.to_string(),
+                },
             })?;
         let bundle = configmap
             .and_then(|c| c.data)

@@ -32,7 +32,7 @@ enum Cmd {
         /// Run optimised builds of our components (for benchmarks; slower to build).
         #[arg(long)]
         release: bool,
-        /// How many workers to run (devcluster has identities for 16).
+        /// How many workers to run (at most 16).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=16))]
         workers: u32,
     },
@@ -474,7 +474,7 @@ async fn up(release: bool, workers: u32) -> Result<()> {
         rel(&e.kubeconfig).display()
     );
     println!(
-        "  identities       {}/<component>.kubeconfig",
+        "  identities       {}/<process>.serviceaccount.kubeconfig (chart ServiceAccounts, pod-bound tokens)",
         rel(&e.kubeconfigs).display()
     );
     if let Some(j) = &e.jaeger {
