@@ -351,6 +351,18 @@ pub struct FileSource {
     pub poll_interval: Duration,
 }
 
+impl FileSource {
+    /// The files `cert`, `key` and optionally `ca`, read every [`DEFAULT_POLL_INTERVAL`].
+    pub fn new(cert: PathBuf, key: PathBuf, ca: Option<PathBuf>) -> Self {
+        Self {
+            cert,
+            key,
+            ca,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+}
+
 fn signed(d: Duration, what: &str) -> Result<SignedDuration, CertError> {
     SignedDuration::try_from(d).map_err(|e| CertError::Config(format!("{what} {d:?}: {e}")))
 }

@@ -287,12 +287,11 @@ pub async fn run(
 /// Where the serving certificate comes from: supplied files, else the self-managed Secret.
 fn cert_source(args: &Args, client: &kube::Client) -> CertSource {
     match (&args.tls.tls_cert_file, &args.tls.tls_key_file) {
-        (Some(cert), Some(key)) => CertSource::Files(FileSource {
-            cert: cert.clone(),
-            key: key.clone(),
-            ca: args.tls.tls_ca_file.clone(),
-            poll_interval: std::time::Duration::from_secs(5),
-        }),
+        (Some(cert), Some(key)) => CertSource::Files(FileSource::new(
+            cert.clone(),
+            key.clone(),
+            args.tls.tls_ca_file.clone(),
+        )),
         _ => {
             let (dns_names, ip_addresses) = args.tls.subject_names(&args.namespace);
             CertSource::Secret(SecretSource {

@@ -3,26 +3,19 @@
 //! `update`, on `shards.kubetemplater.io`; each refusal names the missing permission.
 #![allow(clippy::unwrap_used, reason = "test fixtures")]
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use coordinator::access::Access;
-use coordinator::admin::Admin;
-use coordinator::core::Snapshot;
-use coordinator::counts::BucketCounts;
-use coordinator::sessions::Leadership;
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use proto::client::{AdminClient, Credentials, admin_client};
-use proto::v1::admin_service_server::AdminServiceServer;
 use proto::v1::{DrainWorkerRequest, GetBucketMapRequest, RebalanceRequest};
-use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Code;
 
 mod common;
 
-use common::{grant, service_account_token};
+use common::{Leading, grant, service_account_token};
 
 const B: u32 = 8;
 
@@ -37,30 +30,12 @@ fn shards(verbs: &[&str]) -> PolicyRule {
 
 /// An admin service for `namespace`, authorizing with `client`; its address.
 async fn serve(client: kube::Client, namespace: &str) -> String {
-    let (_snapshot_tx, snapshot) = watch::channel(Snapshot::default());
-    let (leadership_tx, leadership) = watch::channel(Some(Leadership {
-        id: "coordinator-0".into(),
-        epoch: 1,
-    }));
-    // Drain and rebalance are queued for a leader loop this test does not run.
-    let (events, mut events_rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        let _keep = (leadership_tx, _snapshot_tx);
-        while events_rx.recv().await.is_some() {}
-    });
-    let buckets = NonZeroU32::new(B).unwrap();
+    let leading = Leading::new(B);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(AdminServiceServer::new(Admin::new(
-                snapshot,
-                leadership,
-                BucketCounts::new(buckets),
-                events,
-                buckets,
-                Arc::new(Access::new(client, namespace)),
-            )))
+            .add_service(leading.admin(Arc::new(Access::new(client, namespace))))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     format!("http://{addr}")

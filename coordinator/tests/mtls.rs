@@ -12,28 +12,21 @@
 
 mod common;
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use certs::{CertSource, SecretSource, ServingCert};
-use common::{grant, service_account_token};
+use common::{Leading, grant, service_account_token};
 use coordinator::access::Access;
-use coordinator::admin::Admin;
-use coordinator::core::Snapshot;
-use coordinator::counts::BucketCounts;
 use coordinator::identity::{self, Identities};
-use coordinator::sessions::{Leadership, WorkerSessions};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::Api;
 use kube::api::DeleteParams;
 use proto::client::{Credentials, Tls};
-use proto::v1::admin_service_server::AdminServiceServer;
 use proto::v1::identity_service_client::IdentityServiceClient;
 use proto::v1::identity_service_server::IdentityServiceServer;
 use proto::v1::worker_service_client::WorkerServiceClient;
-use proto::v1::worker_service_server::WorkerServiceServer;
 use proto::v1::{CertifyRequest, GetBucketMapRequest, Hello, WorkerMessage};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -76,34 +69,13 @@ async fn serve(client: kube::Client, namespace: &str) -> Endpoint {
     )
     .unwrap();
     let access = Arc::new(Access::new(client, namespace));
-    let (_snapshot_tx, snapshot) = watch::channel(Snapshot::default());
-    let (leadership_tx, leadership) = watch::channel(Some(Leadership {
-        id: "coordinator-0".into(),
-        epoch: 1,
-    }));
-    let (events, mut events_rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let _keep = (leadership_tx, _snapshot_tx);
-        while events_rx.recv().await.is_some() {}
-    });
-    let buckets = NonZeroU32::new(B).unwrap();
+    let leading = Leading::new(B);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(WorkerServiceServer::new(WorkerSessions::new(
-                events.clone(),
-                leadership.clone(),
-                B,
-            )))
-            .add_service(AdminServiceServer::new(Admin::new(
-                snapshot,
-                leadership,
-                BucketCounts::new(buckets),
-                events,
-                buckets,
-                Arc::clone(&access),
-            )))
+            .add_service(leading.sessions())
+            .add_service(leading.admin(Arc::clone(&access)))
             .add_service(IdentityServiceServer::new(Identities::new(
                 access,
                 cert_rx.clone(),

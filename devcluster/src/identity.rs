@@ -10,7 +10,6 @@
 //! The placeholder Pod is never scheduled (its scheduler does not exist) and satisfies Pod
 //! Security `restricted`; deleting it revokes the token, as deleting a pod does.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
@@ -147,7 +146,6 @@ fn write_kubeconfig(
     account: &str,
     token: &str,
 ) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     let bad = |message: String| Error::BadState {
         path: admin.to_path_buf(),
         message,
@@ -179,12 +177,7 @@ fn write_kubeconfig(
     let text = format!(
         "# {process} as ServiceAccount {SYSTEM_NAMESPACE}/{account} (token bound to Pod {process})\n{text}"
     );
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
-    }
-    fs::write(path, text).map_err(Error::io("writing", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-        .map_err(Error::io("setting mode of", path))
+    crate::kubeconfig::write_private(path, &text)
 }
 
 #[cfg(test)]

@@ -35,11 +35,17 @@ pub fn render(server: &str, ca_pem: &str, identity: &Identity) -> Result<String>
 
 /// Writes the kubeconfig of `identity` to `path` (mode 0600: it holds a token).
 pub fn write(path: &Path, server: &str, ca_pem: &str, identity: &Identity) -> Result<()> {
+    write_private(path, &render(server, ca_pem, identity)?)
+}
+
+/// Writes `text` to `path` readable by its owner only (mode 0600: a kubeconfig holds a token),
+/// creating the directory.
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
     }
-    fs::write(path, render(server, ca_pem, identity)?).map_err(Error::io("writing", path))?;
+    fs::write(path, text).map_err(Error::io("writing", path))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
         .map_err(Error::io("setting mode of", path))
 }

@@ -3,6 +3,8 @@
 //! fenced writes, /readyz turns ready once Lease, policy cache and session are there; SIGTERM
 //! sends Leaving, waits for the revoke, releases the Lease and returns `Ok`; without a
 //! coordinator SIGTERM still releases at once; a deleted Lease stops the worker with an error.
+//! The coordinators serve mutual TLS as the real one does; the worker gets supplied certificate
+//! files (`--tls-cert-file` …) naming it, signed by the test's CA.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,6 +12,7 @@
 )]
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use api::{KubeTemplate, KubeTemplatePolicy, KubeTemplatePolicySpec};
@@ -23,9 +26,9 @@ use proto::v1::{CoordinatorMessage, Grant, Revoke, Welcome, WorkerMessage, worke
 use runtime::lease::LostReason;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use worker::{Args, RunError};
@@ -74,15 +77,83 @@ impl WorkerService for Standby {
     }
 }
 
-async fn serve<S: WorkerService>(service: S) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(WorkerServiceServer::new(service))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    format!("http://{addr}")
+/// A CA, a coordinator's serving certificate signed by it, and certificates for workers.
+struct Pki {
+    dir: tempfile::TempDir,
+    signer: certs::client::Signer,
+    server: Arc<rustls::ServerConfig>,
+    _certs: watch::Sender<Arc<certs::ServingCert>>,
+}
+
+impl Pki {
+    fn new(namespace: &str) -> Self {
+        let cert = certs::ServingCert::generate(
+            &[proto::client::server_name(namespace)],
+            &[],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let signer = cert.signer().unwrap().clone();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &cert.ca_pem).unwrap();
+        let (tx, rx) = watch::channel(Arc::new(cert));
+        let server = certs::tls::mtls_server_config(
+            Arc::new(certs::tls::ReloadingResolver::new(rx.clone())),
+            rx,
+        )
+        .unwrap();
+        Self {
+            dir,
+            signer,
+            server,
+            _certs: tx,
+        }
+    }
+
+    /// Files `--tls-cert-file`, `--tls-key-file`, `--tls-ca-file` for `worker_id`.
+    fn worker_files(&self, worker_id: &str) -> [String; 3] {
+        use secrecy::ExposeSecret as _;
+        let request = certs::client::key_and_request(worker_id).unwrap();
+        let issued = self
+            .signer
+            .issue_client(
+                &request.csr_pem,
+                worker_id,
+                &format!("kubetemplater://worker/{worker_id}"),
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let path = |name: String| self.dir.path().join(name).display().to_string();
+        let (cert, key) = (
+            path(format!("{worker_id}.crt")),
+            path(format!("{worker_id}.key")),
+        );
+        std::fs::write(&cert, issued.chain_pem).unwrap();
+        std::fs::write(&key, request.key_pem.expose_secret()).unwrap();
+        [cert, key, path("ca.crt".into())]
+    }
+
+    /// Serves `service` over mutual TLS; its `https://` URL.
+    async fn serve<S: WorkerService>(&self, service: S) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&self.server));
+        let incoming =
+            futures::stream::unfold((listener, acceptor), |(listener, acceptor)| async move {
+                loop {
+                    let (tcp, _) = listener.accept().await.ok()?;
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        return Some((Ok::<_, std::io::Error>(tls), (listener, acceptor)));
+                    }
+                }
+            });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(WorkerServiceServer::new(service))
+                .serve_with_incoming(incoming),
+        );
+        format!("https://{addr}")
+    }
 }
 
 /// A loopback address nothing listens on (for the admin endpoint, or a dead coordinator).
@@ -127,6 +198,7 @@ struct Fixture {
     client: kube::Client,
     config: kube::Config,
     ns: String,
+    pki: Pki,
 }
 
 impl Fixture {
@@ -139,11 +211,18 @@ impl Fixture {
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                 .await
                 .unwrap();
-        Self { client, config, ns }
+        let pki = Pki::new(&ns);
+        Self {
+            client,
+            config,
+            ns,
+            pki,
+        }
     }
 
     fn args(&self, worker_id: &str, coordinators: &[String], admin: std::net::SocketAddr) -> Args {
         use clap::Parser as _;
+        let [cert, key, ca] = self.pki.worker_files(worker_id);
         Args::try_parse_from([
             "kubetemplater-worker",
             "--worker-id",
@@ -158,6 +237,12 @@ impl Fixture {
             &admin.to_string(),
             "--shutdown-grace",
             "10s",
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-file",
+            &ca,
         ])
         .unwrap()
     }
@@ -233,9 +318,9 @@ async fn reconciles_its_grant_and_on_sigterm_leaves_then_releases_its_lease() {
     let templates: Api<KubeTemplate> = Api::namespaced(f.client.clone(), &f.ns);
     templates.create(&PostParams::default(), &kt).await.unwrap();
 
-    let standby = serve(Standby).await;
+    let standby = f.pki.serve(Standby).await;
     let (sessions_tx, mut sessions) = mpsc::channel(4);
-    let leader = serve(Leader(sessions_tx)).await;
+    let leader = f.pki.serve(Leader(sessions_tx)).await;
     let admin = free_addr().await;
     let shutdown = CancellationToken::new();
     let task = f.start(f.args("w-run", &[standby, leader], admin), &shutdown);
