@@ -312,47 +312,15 @@ async fn call_leader(
 /// do (a standby or an unreachable address is skipped). Connecting and the call are bounded, so
 /// a command that only decorates its output with owners does not hang on a filtered address.
 pub async fn bucket_map(connection: &Connection) -> Result<v1::GetBucketMapResponse, String> {
-    let credentials = connection.credentials().await?;
-    let tls = connection.tls().await?;
-    let mut tried = Vec::new();
-    for address in connection
-        .coordinator
-        .iter()
-        .map(|a| a.trim())
-        .filter(|a| !a.is_empty())
-    {
-        let endpoint = match tls.endpoint(address) {
-            Ok(e) => e
-                .connect_timeout(std::time::Duration::from_secs(3))
-                .timeout(std::time::Duration::from_secs(10)),
-            Err(e) => {
-                tried.push(format!("{address}: {e}"));
-                continue;
-            }
-        };
-        let mut client = match admin_client(endpoint, &credentials).await {
-            Ok(client) => client,
-            Err(e) => {
-                tried.push(format!("cannot reach {address}: {e}"));
-                continue;
-            }
-        };
-        match client.get_bucket_map(v1::GetBucketMapRequest {}).await {
-            Ok(r) => return Ok(r.into_inner()),
-            Err(e) => tried.push(format!(
-                "{address} answered {:?}: {}",
-                e.code(),
-                e.message()
-            )),
-        }
-    }
-    if tried.is_empty() {
+    if connection.coordinator.iter().all(|a| a.trim().is_empty()) {
         return Err("--coordinator names no address".to_owned());
     }
-    Err(format!(
-        "no coordinator answered as leader: {}",
-        tried.join("; ")
-    ))
+    let credentials = connection.credentials().await?;
+    let tls = connection.tls().await?;
+    proto::client::leader(&connection.coordinator, &credentials, &tls)
+        .await
+        .map(|(_, map)| map)
+        .map_err(|e| e.to_string())
 }
 
 async fn call(

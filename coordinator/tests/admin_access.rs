@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, reason = "test fixtures")]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use coordinator::access::Access;
 use k8s_openapi::api::rbac::v1::PolicyRule;
@@ -15,7 +14,7 @@ use tonic::Code;
 
 mod common;
 
-use common::{Leading, grant, service_account_token};
+use common::{Leading, grant, service_account_token, while_denied};
 
 const B: u32 = 8;
 
@@ -90,7 +89,7 @@ async fn cluster_rbac_decides_who_may_inspect_and_who_may_move_shards() {
 
     // `get` lets it inspect (a dry-run rebalance too), not drain or rebalance.
     grant(&client, &ns, "operator", "get", shards(&["get"])).await;
-    let read = eventually(|| {
+    let read = while_denied(|| {
         let mut admin = admin.clone();
         async move { admin.get_bucket_map(GetBucketMapRequest {}).await }
     })
@@ -123,7 +122,7 @@ async fn cluster_rbac_decides_who_may_inspect_and_who_may_move_shards() {
     // `update` lets it move shards: the call gets through to the coordinator, which knows no
     // worker of that name here.
     grant(&client, &ns, "operator", "update", shards(&["update"])).await;
-    let err = eventually(|| {
+    let err = while_denied(|| {
         let mut admin = admin.clone();
         async move {
             admin
@@ -137,26 +136,4 @@ async fn cluster_rbac_decides_who_may_inspect_and_who_may_move_shards() {
     .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(err.message().contains("no worker \"worker-0\""), "{err:?}");
-}
-
-/// Retries `call` while it is refused for want of permission (a decision is cached for up to
-/// `DECISION_TTL`, 10 s); then its answer.
-async fn eventually<T, F, Fut>(call: F) -> Result<tonic::Response<T>, tonic::Status>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match call().await {
-            Err(status) if status.code() == Code::PermissionDenied => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "still refused after 30 s: {status:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            answer => return answer,
-        }
-    }
 }

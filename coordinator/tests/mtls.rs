@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use certs::{CertSource, SecretSource, ServingCert};
-use common::{Leading, grant, service_account_token};
+use common::{Leading, grant, service_account_token, while_denied};
 use coordinator::access::Access;
 use coordinator::identity::{self, Identities};
 use k8s_openapi::api::core::v1::Secret;
@@ -251,7 +251,9 @@ async fn only_certified_workers_open_sessions_and_only_under_their_own_name() {
         "{err:?}"
     );
     grant(&client, &ns, "worker-a", "lease", lease_rule("worker-a")).await;
-    let certified = eventually(|| certify(&endpoint, &trusting, &token, "worker-a")).await;
+    let certified = while_denied(|| certify(&endpoint, &trusting, &token, "worker-a"))
+        .await
+        .unwrap();
     // …for that Lease only.
     let err = certify(&endpoint, &trusting, &token, "worker-b")
         .await
@@ -361,26 +363,6 @@ async fn published(client: &kube::Client, namespace: &str) -> Tls {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => panic!("no CA bundle published within 30 s: {e}"),
-        }
-    }
-}
-
-/// Retries `call` while it is refused: an RBAC change takes a moment (and a cached decision
-/// up to 10 s) to show.
-async fn eventually<T, F, Fut>(call: F) -> T
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match call().await {
-            Ok(value) => return value,
-            Err(status) if tokio::time::Instant::now() < deadline => {
-                assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(status) => panic!("still refused after 30 s: {status:?}"),
         }
     }
 }

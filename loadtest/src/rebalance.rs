@@ -119,6 +119,7 @@ async fn leader(urls: &str, kubeconfig: &std::path::Path) -> Result<AdminClient>
         .map_err(|e| Error::Cluster(e.to_string()))?;
     proto::client::leader(urls.split(','), &credentials, &tls)
         .await
+        .map(|(client, _)| client)
         .map_err(|e| Error::Cluster(e.to_string()))
 }
 

@@ -280,14 +280,18 @@ pub enum LeaderError {
     },
 }
 
-/// The admin client of the leading coordinator: each address in turn is asked for the bucket
-/// map; a standby answers UNAVAILABLE and the next is tried. A refusal of the credentials is
-/// final (every replica would say the same).
+/// How long the leader probe (one GetBucketMap) may take per address.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The admin client of the leading coordinator, and the bucket map it answered with: each
+/// address in turn is asked for the map (within [`PROBE_TIMEOUT`]); a standby answers
+/// UNAVAILABLE and the next is tried. A refusal of the credentials is final (every replica
+/// would say the same).
 pub async fn leader(
     addresses: impl IntoIterator<Item = impl AsRef<str>>,
     credentials: &Credentials,
     tls: &Tls,
-) -> Result<AdminClient, LeaderError> {
+) -> Result<(AdminClient, crate::v1::GetBucketMapResponse), LeaderError> {
     let mut tried = Vec::new();
     for address in addresses {
         let address = address.as_ref().trim();
@@ -307,11 +311,10 @@ pub async fn leader(
                 continue;
             }
         };
-        match client
-            .get_bucket_map(crate::v1::GetBucketMapRequest {})
-            .await
-        {
-            Ok(_) => return Ok(client),
+        let mut probe = tonic::Request::new(crate::v1::GetBucketMapRequest {});
+        probe.set_timeout(PROBE_TIMEOUT);
+        match client.get_bucket_map(probe).await {
+            Ok(map) => return Ok((client, map.into_inner())),
             Err(status)
                 if matches!(
                     status.code(),

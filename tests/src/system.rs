@@ -250,6 +250,11 @@ impl System {
     /// An admin client of the leader (standbys answer UNAVAILABLE).
     /// Calls carry the admin kubeconfig's token (cluster-admin).
     pub async fn admin(&self) -> Result<AdminClient> {
+        Ok(self.leader().await?.0)
+    }
+
+    /// The leader's admin client and the bucket map it answered the probe with.
+    async fn leader(&self) -> Result<(AdminClient, v1::GetBucketMapResponse)> {
         let urls = self
             .config
             .coordinator_ports
@@ -272,12 +277,7 @@ impl System {
 
     /// The bucket map as the leader sees it.
     pub async fn map(&self) -> Result<v1::GetBucketMapResponse> {
-        Ok(self
-            .admin()
-            .await?
-            .get_bucket_map(v1::GetBucketMapRequest {})
-            .await?
-            .into_inner())
+        Ok(self.leader().await?.1)
     }
 
     /// Waits until no handoff is in progress and every bucket has one of the running workers

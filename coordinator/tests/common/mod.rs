@@ -148,3 +148,26 @@ pub async fn grant(
         .await
         .unwrap();
 }
+
+/// Retries `call` while it is refused for want of permission (an RBAC change takes a moment to
+/// show, and the coordinator caches a decision for up to 10 s); then its answer. Fails the test
+/// when still refused after 30 s.
+pub async fn while_denied<T, F, Fut>(call: F) -> Result<T, tonic::Status>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match call().await {
+            Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "still refused after 30 s: {status:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            answer => return answer,
+        }
+    }
+}
